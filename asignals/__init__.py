@@ -1,0 +1,8 @@
+"""asignals: Django-style signals for async Python (asyncio, uvloop and trio)."""
+
+from ._receivers import WeakReceiverWarning
+from .signal import ANY, AsyncSignal, receiver
+
+__version__ = "0.1.0"
+
+__all__ = ["ANY", "AsyncSignal", "WeakReceiverWarning", "__version__", "receiver"]

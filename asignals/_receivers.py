@@ -1,0 +1,263 @@
+"""How a signal holds one receiver: the reference to it, the sender it listens to, its key.
+
+Everything here runs at ``connect`` time or when a cache is rebuilt, never per send: the send
+loop only reads ``target``, ``weak``, ``mode`` and ``called`` off a :class:`_Entry`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from .signal import AsyncSignal
+
+# Senders of these exact types match by value (``sender="orders"``), as in blinker; every other
+# sender matches by identity, as in Django. bool is left out so ``True`` never matches ``1``.
+VALUE_SENDER_TYPES: Final = (str, bytes, int)
+
+# How the send loop runs a receiver.
+INLINE: Final = 0  # a sync callable: called on the loop thread; an awaitable result is awaited
+ASYNC: Final = 1  # returns a coroutine: run concurrently
+THREAD: Final = 2  # a sync callable connected with sync_to_thread=True
+
+
+class WeakReceiverWarning(RuntimeWarning):
+    """A weakly connected receiver was garbage collected before any send reached it."""
+
+
+def describe(fn: Any) -> str:
+    """A readable name for logs and errors; never raises, whatever ``fn`` is.
+
+    Django's ``send_robust`` logs ``receiver.__qualname__``, which a ``functools.partial`` or a
+    callable instance does not have: the logging call itself then crashes.
+    """
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({describe(fn.func)})"
+    if isinstance(fn, types.MethodType):
+        return describe(fn.__func__)
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str):
+        module = getattr(fn, "__module__", None)
+        return f"{module}.{name}" if isinstance(module, str) else name
+    cls = type(fn)
+    return f"{cls.__module__}.{cls.__qualname__} instance"
+
+
+def receiver_mode(fn: Callable[..., Any], sync_to_thread: bool) -> int:
+    if inspect.iscoroutinefunction(fn):
+        mode = ASYNC
+    elif not inspect.isroutine(fn) and not isinstance(fn, functools.partial):
+        # A callable instance: ``async def __call__`` makes it a coroutine function in effect.
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - want the class attribute
+        mode = ASYNC if inspect.iscoroutinefunction(call) else INLINE
+    else:
+        mode = INLINE
+    if sync_to_thread:
+        if mode == ASYNC:
+            raise TypeError(
+                f"sync_to_thread=True is for blocking sync receivers; {describe(fn)} is async"
+            )
+        return THREAD
+    return mode
+
+
+def check_receiver(fn: Any) -> None:
+    """Refuse, at connect time, receivers that could never be called by a send."""
+    if not callable(fn):
+        raise TypeError(f"signal receivers must be callable; got {fn!r}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature: nothing to check
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        raise TypeError(
+            f"signal receiver {describe(fn)} must accept keyword arguments (**kwargs): "
+            f"a send passes signal=, sender= and the send's own keyword arguments"
+        )
+
+
+def receiver_key(fn: Any) -> Hashable:
+    if isinstance(fn, types.MethodType):
+        return ("method", id(fn.__self__), id(fn.__func__))
+    return ("object", id(fn))
+
+
+def sender_key(sender: Any) -> Hashable:
+    """The part of a lookup key that names the sender; None means any sender."""
+    if sender is None:
+        return None
+    if type(sender) in VALUE_SENDER_TYPES:
+        return ("value", type(sender), sender)
+    return ("id", id(sender))
+
+
+class _PartialRef:
+    """A weak reference to a ``functools.partial``, alive as long as what it wraps.
+
+    A partial built in the ``connect`` call has no other owner, so a plain weak reference to it
+    dies at once (Django and blinker drop such receivers silently). Holding the partial strongly
+    instead would keep its function or instance alive forever. So we keep its arguments and
+    weakly reference its target: the instance for a partial of a bound method, the function
+    otherwise.
+    """
+
+    __slots__ = ("_args", "_func", "_keywords", "_original")
+
+    def __init__(self, fn: functools.partial[Any], callback: Callable[[Any], None]) -> None:
+        self._args = fn.args
+        self._keywords = fn.keywords
+        target = fn.func
+        self._func: Callable[[], Any]
+        if isinstance(target, types.MethodType):
+            self._func = weakref.WeakMethod(target, callback)
+        else:
+            self._func = weakref.ref(target, callback)
+        self._original = weakref.ref(fn)
+
+    def __call__(self) -> Any:
+        original = self._original()
+        if original is not None:
+            return original
+        func = self._func()
+        if func is None:
+            return None
+        return functools.partial(func, *self._args, **self._keywords)
+
+
+def _on_receiver_death(
+    signal_ref: weakref.ref[AsyncSignal], entry_ref: weakref.ref[_Entry], _dead: object
+) -> None:
+    signal = signal_ref()
+    entry = entry_ref()
+    if signal is None or entry is None:
+        return
+    signal._forget_dead()
+    if not entry.called and not entry.disconnected:
+        warnings.warn(
+            f"receiver {entry.name} was weakly connected to {signal!r} and garbage collected "
+            f"before any send reached it; nothing else referenced it. Pass weak=False to "
+            f"connect() (or to @receiver) to keep it alive",
+            WeakReceiverWarning,
+            stacklevel=2,
+        )
+
+
+def _on_sender_death(signal_ref: weakref.ref[AsyncSignal], _dead: object) -> None:
+    signal = signal_ref()
+    if signal is not None:
+        signal._forget_dead()
+
+
+class _Entry:
+    """One connection: a receiver, the sender it listens to, and how to run it."""
+
+    __slots__ = (
+        "__weakref__",
+        "called",
+        "disconnected",
+        "key",
+        "mode",
+        "name",
+        "sender_id",
+        "sender_ref",
+        "sender_value",
+        "target",
+        "weak",
+    )
+
+    def __init__(
+        self,
+        signal: AsyncSignal,
+        fn: Callable[..., Any],
+        sender: Any,
+        weak: bool,
+        key: Hashable,
+        mode: int,
+    ) -> None:
+        self.key = key
+        self.mode = mode
+        self.name = describe(fn)
+        self.called = False
+        self.disconnected = False
+        signal_ref = weakref.ref(signal)
+        self.target: Any = fn
+        self.weak = False
+        if weak:
+            callback = functools.partial(_on_receiver_death, signal_ref, weakref.ref(self))
+            try:
+                if isinstance(fn, types.MethodType):
+                    self.target = weakref.WeakMethod(fn, callback)
+                elif isinstance(fn, functools.partial):
+                    self.target = _PartialRef(fn, callback)
+                else:
+                    self.target = weakref.ref(fn, callback)
+                self.weak = True
+            except TypeError:
+                # Not weakly referenceable (a builtin, a __slots__ instance): hold it strongly
+                # rather than refuse it; a strong reference never loses an event.
+                pass
+        # The sender: None for any; by value for str/bytes/int; otherwise by identity,
+        # through a weak reference where the sender allows one.
+        self.sender_value: Any = None
+        self.sender_id: int | None = None
+        self.sender_ref: Callable[[], Any] | None = None
+        if sender is None:
+            return
+        if type(sender) in VALUE_SENDER_TYPES:
+            self.sender_value = sender
+            return
+        self.sender_id = id(sender)
+        try:
+            self.sender_ref = weakref.ref(sender, functools.partial(_on_sender_death, signal_ref))
+        except TypeError:
+            self.sender_ref = _Strong(sender)
+
+    def resolve(self) -> Any:
+        """The receiver, or None once it has been garbage collected."""
+        return self.target() if self.weak else self.target
+
+    def alive(self) -> bool:
+        if self.sender_ref is not None and self.sender_ref() is None:
+            return False
+        return self.resolve() is not None
+
+    def listens_to(self, sender: Any) -> bool:
+        if self.sender_ref is not None:
+            current = self.sender_ref()
+            return current is not None and current is sender
+        if self.sender_value is not None:
+            return type(sender) is type(self.sender_value) and sender == self.sender_value
+        return True
+
+    def is_for_any_sender(self) -> bool:
+        return self.sender_id is None and self.sender_value is None
+
+    def same_receiver(self, fn: Any) -> bool:
+        current = self.resolve()
+        if current is None:
+            return False
+        if isinstance(fn, types.MethodType):
+            return (
+                isinstance(current, types.MethodType)
+                and current.__self__ is fn.__self__
+                and current.__func__ is fn.__func__
+            )
+        return current is fn
+
+
+class _Strong:
+    """The strong-reference twin of ``weakref.ref``, for senders that refuse weak references."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __call__(self) -> Any:
+        return self._obj

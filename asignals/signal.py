@@ -1,0 +1,483 @@
+"""``AsyncSignal``: Django's ``Signal`` for async code.
+
+The design follows Django's dispatcher: connections live in an immutable tuple that is replaced
+under a lock on every mutation, and each sender's matching receivers are cached. A send reads
+the tuple and the cache without locking, so connecting from another thread, or from inside a
+receiver, only affects the sends that start afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+from . import background, dispatch
+from ._receivers import (
+    VALUE_SENDER_TYPES,
+    _Entry,
+    check_receiver,
+    receiver_key,
+    receiver_mode,
+    sender_key,
+)
+
+logger = logging.getLogger("asignals")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Results = list[tuple[Any, Any]]
+
+
+class _AnySender:
+    """``asignals.ANY``: connect for every sender (the same as ``sender=None``)."""
+
+    _instance: _AnySender | None = None
+
+    def __new__(cls) -> _AnySender:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "asignals.ANY"
+
+    def __reduce__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _AnySender()
+
+_MISSING: Any = object()  # no sender given
+_DEFAULT: Any = object()  # dispatch option not given on this call: use the signal's
+
+
+class _IdCache(dict[int, tuple[_Entry, ...]]):
+    """Per-sender receiver cache keyed by ``id(sender)``.
+
+    Each cached sender is watched through a weak reference that evicts its row when it dies,
+    so a later object that reuses the id never sees another sender's receivers.
+    """
+
+    __slots__ = ("__weakref__", "watchers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watchers: dict[int, weakref.ref[Any]] = {}
+
+
+def _evict(cache_ref: weakref.ref[_IdCache], key: int, _dead: object) -> None:
+    cache = cache_ref()
+    if cache is not None:
+        cache.pop(key, None)
+        cache.watchers.pop(key, None)
+
+
+def _check_options(concurrent: Any, timeout: Any, max_concurrency: Any) -> None:
+    if concurrent is not _DEFAULT and not isinstance(concurrent, bool):
+        raise TypeError(f"concurrent must be True or False, got {concurrent!r}")
+    if timeout is not _DEFAULT and timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if max_concurrency is not _DEFAULT and max_concurrency is not None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+
+
+def _bad_send(signal: AsyncSignal, method: str, sender: Any, args: tuple[Any, ...]) -> None:
+    if sender is _MISSING:
+        raise TypeError(
+            f"{signal!r}.{method}() needs a sender: {method}(sender, **kwargs); "
+            f"pass None to reach only the receivers connected for any sender"
+        )
+    if args:
+        raise TypeError(
+            f"{signal!r}.{method}() takes the sender as its only positional argument; pass "
+            f"the other {len(args)} value(s) as keyword arguments"
+        )
+    raise TypeError(
+        f"{signal!r}.{method}() got a keyword argument 'signal': every receiver already "
+        f"receives the signal as signal=; rename that argument"
+    )
+
+
+def _make_send(robust: bool) -> Callable[..., Coroutine[Any, Any, Results]]:
+    """Build ``send`` or ``send_robust``.
+
+    The two differ only in what a receiver's exception does, and this loop is the product's
+    hot path: a shared coroutine that both awaited would cost one more coroutine per send, so
+    the loop is written once and specialised here. It runs the sync receivers inline and hands
+    the rest of the list to :func:`dispatch.run` at the first receiver that needs awaiting.
+    """
+
+    async def send(
+        self: AsyncSignal,
+        sender: Any = _MISSING,
+        *args: Any,
+        concurrent: bool = _DEFAULT,
+        timeout: float | None = _DEFAULT,
+        max_concurrency: int | None = _DEFAULT,
+        **named: Any,
+    ) -> Results:
+        if sender is _MISSING or args or "signal" in named:
+            _bad_send(self, "send_robust" if robust else "send", sender, args)
+        if self._silent:
+            return []
+        cls = type(sender)
+        if cls is str or cls is int or cls is bytes:
+            entries = self._value_cache.get(sender)
+        else:
+            entries = self._id_cache.get(id(sender))
+        if entries is None:
+            entries = self._lookup(sender)
+        if (
+            self._options
+            or concurrent is not _DEFAULT
+            or timeout is not _DEFAULT
+            or max_concurrency is not _DEFAULT
+        ):
+            _check_options(concurrent, timeout, max_concurrency)
+            return await dispatch.run(
+                self,
+                entries,
+                0,
+                [],
+                sender,
+                named,
+                robust,
+                self.concurrent if concurrent is _DEFAULT else concurrent,
+                self.timeout if timeout is _DEFAULT else timeout,
+                self.max_concurrency if max_concurrency is _DEFAULT else max_concurrency,
+            )
+        results: Results = []
+        for entry in entries:
+            if entry.weak:
+                fn = entry.target()
+                if fn is None:
+                    continue
+                entry.called = True
+            else:
+                fn = entry.target
+            if entry.mode:
+                return await dispatch.run(
+                    self, entries, entries.index(entry), results, sender, named, robust
+                )
+            try:
+                result = fn(signal=self, sender=sender, **named)
+            except Exception as exc:
+                if not robust:
+                    raise ExceptionGroup(f"a receiver of {self!r} raised", [exc]) from None
+                dispatch.log_failure(self, entry, sender, exc)
+                result = exc
+            else:
+                if result is not None and hasattr(type(result), "__await__"):
+                    return await dispatch.run(
+                        self,
+                        entries,
+                        entries.index(entry),
+                        results,
+                        sender,
+                        named,
+                        robust,
+                        carried=(fn, result),
+                    )
+            results.append((fn, result))
+        return results
+
+    send.__name__ = send.__qualname__ = "send_robust" if robust else "send"
+    return send
+
+
+class AsyncSignal:
+    """A signal that sync and async receivers connect to, Django style.
+
+    ``await sig.send(sender, **kwargs)`` calls every receiver connected for that sender as
+    ``receiver(signal=sig, sender=sender, **kwargs)`` and returns ``[(receiver, result), ...]``
+    in connection order. Sync receivers run inline on the event loop; async ones run
+    concurrently. See the README for every option.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        use_caching: bool = False,
+        concurrent: bool = True,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"AsyncSignal name must be a str, got {name!r}")
+        _check_options(concurrent, timeout, max_concurrency)
+        self.name = name
+        # Accepted for Django compatibility. The per-sender cache is always on: it is keyed by
+        # identity and evicted when a sender dies, so unlike Django's it needs no opt-in.
+        self.use_caching = use_caching
+        self.concurrent = concurrent
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self._options = not concurrent or timeout is not None or max_concurrency is not None
+        self._lock = threading.Lock()
+        self._entries: tuple[_Entry, ...] = ()
+        self._value_cache: dict[Any, tuple[_Entry, ...]] = {}
+        self._id_cache = _IdCache()
+        self._muted = 0
+        self._silent = True
+        self._dead = False
+
+    def __repr__(self) -> str:
+        if self.name:
+            return f"<AsyncSignal {self.name!r}>"
+        return f"<AsyncSignal at {id(self):#x}>"
+
+    # -- connections --------------------------------------------------------------------
+
+    def connect(
+        self,
+        fn: Callable[..., Any],
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        *,
+        sync_to_thread: bool = False,
+    ) -> None:
+        """Connect ``fn`` to this signal, for every sender or only for ``sender``.
+
+        ``weak=True`` holds a weak reference, so a receiver that is garbage collected
+        disconnects itself. ``dispatch_uid`` identifies the connection: connecting twice with
+        the same uid (or the same receiver and sender) registers once, the first one winning.
+        ``sync_to_thread=True`` runs a blocking sync receiver in a worker thread.
+        """
+        self._connect(fn, sender, weak, dispatch_uid, sync_to_thread)
+
+    def _connect(
+        self,
+        fn: Callable[..., Any],
+        sender: Any,
+        weak: bool,
+        dispatch_uid: Hashable | None,
+        sync_to_thread: bool,
+    ) -> bool:
+        check_receiver(fn)
+        if dispatch_uid is not None:
+            try:
+                hash(dispatch_uid)
+            except TypeError:
+                raise TypeError(
+                    f"dispatch_uid must be hashable, got {type(dispatch_uid).__name__} "
+                    f"{dispatch_uid!r} for receiver of {self!r}"
+                ) from None
+        if sender is ANY:
+            sender = None
+        mode = receiver_mode(fn, sync_to_thread)
+        key = self._key(fn, sender, dispatch_uid)
+        entry = _Entry(self, fn, sender, weak, key, mode)
+        with self._lock:
+            live = tuple(e for e in self._entries if e.alive())
+            for existing in live:
+                if existing.key == key and (dispatch_uid is not None or existing.same_receiver(fn)):
+                    self._replace(live)
+                    entry.disconnected = True  # never warn about the duplicate we drop
+                    return False
+            self._replace((*live, entry))
+        return True
+
+    def disconnect(
+        self,
+        fn: Callable[..., Any] | None = None,
+        sender: Any = None,
+        dispatch_uid: Hashable | None = None,
+    ) -> bool:
+        """Disconnect a (receiver, sender) pair or a ``dispatch_uid``; True if it was connected."""
+        if fn is None and dispatch_uid is None:
+            raise TypeError(f"{self!r}.disconnect() needs the receiver or its dispatch_uid")
+        if sender is ANY:
+            sender = None
+        key = self._key(fn, sender, dispatch_uid)
+        with self._lock:
+            kept = []
+            found = False
+            for e in self._entries:
+                if not e.alive():
+                    continue
+                if (
+                    not found
+                    and e.key == key
+                    and (dispatch_uid is not None or e.same_receiver(fn))
+                ):
+                    e.disconnected = True
+                    found = True
+                    continue
+                kept.append(e)
+            self._replace(tuple(kept))
+        return found
+
+    @staticmethod
+    def _key(fn: Any, sender: Any, dispatch_uid: Hashable | None) -> Hashable:
+        if dispatch_uid is not None:
+            return (("uid", dispatch_uid), sender_key(sender))
+        return (receiver_key(fn), sender_key(sender))
+
+    def _replace(self, entries: tuple[_Entry, ...]) -> None:
+        # Called with the lock held. The caches are replaced, not cleared, so that a send
+        # that already holds the old dict cannot write stale rows into the new one.
+        self._entries = entries
+        self._dead = False
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._value_cache = {}
+        self._id_cache = _IdCache()
+        self._silent = not self._entries or self._muted > 0
+
+    def _forget_dead(self) -> None:
+        """Weak-reference callback: a receiver or a sender died. May run in any thread."""
+        self._dead = True
+        self._reset_caches()
+
+    def _prune(self) -> None:
+        # Never block a send: if a mutation holds the lock, it prunes for us.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._replace(tuple(e for e in self._entries if e.alive()))
+            finally:
+                self._lock.release()
+
+    def _lookup(self, sender: Any) -> tuple[_Entry, ...]:
+        """The live receivers for ``sender``, cached when the sender can be watched."""
+        value_cache = self._value_cache
+        id_cache = self._id_cache
+        if self._dead:
+            self._prune()
+        matched = tuple(e for e in self._entries if e.listens_to(sender) and e.alive())
+        if type(sender) in VALUE_SENDER_TYPES:
+            value_cache[sender] = matched
+        elif sender is None:
+            id_cache[id(None)] = matched
+        else:
+            key = id(sender)
+            try:
+                watcher = weakref.ref(
+                    sender, functools.partial(_evict, weakref.ref(id_cache), key)
+                )
+            except TypeError:
+                return matched  # cannot tell when it dies, so it is not cached
+            id_cache.watchers[key] = watcher
+            id_cache[key] = matched
+        return matched
+
+    # -- queries ------------------------------------------------------------------------
+
+    def receivers_for(self, sender: Any) -> list[Any]:
+        """The live receivers a send from ``sender`` would call, in connection order."""
+        receivers = []
+        for e in self._entries:
+            if e.listens_to(sender) and e.alive():
+                receivers.append(e.resolve())
+        return receivers
+
+    def has_listeners(self, sender: Any = None) -> bool:
+        """Whether a send from ``sender`` would reach anyone.
+
+        As in Django, ``has_listeners()`` with no sender counts only the receivers connected
+        for any sender.
+        """
+        return any(e.listens_to(sender) and e.alive() for e in self._entries)
+
+    @property
+    def receivers(self) -> list[Any]:
+        """Every live receiver, whatever its sender, in connection order."""
+        return [r for r in (e.resolve() for e in self._entries if e.alive()) if r is not None]
+
+    # -- sending ------------------------------------------------------------------------
+
+    send = _make_send(robust=False)
+    send.__doc__ = """Call every receiver for ``sender``; return ``[(receiver, result), ...]``.
+
+    If receivers raise, the still-running ones are cancelled and an ``ExceptionGroup`` of
+    every failure is raised (always a group, as ``asyncio.TaskGroup`` does).
+    Per-call options: ``concurrent``, ``timeout``, ``max_concurrency``.
+    """
+
+    send_robust = _make_send(robust=True)
+    send_robust.__doc__ = """Like ``send``, but an ``Exception`` from a receiver is logged on the
+    ``asignals`` logger and returned in that receiver's slot; the others carry on."""
+
+    def send_nowait(self, sender: Any = _MISSING, *args: Any, **named: Any) -> None:
+        """Schedule ``send_robust(sender, **kwargs)`` on the running dispatcher; return at once."""
+        if sender is _MISSING or args or "signal" in named:
+            _bad_send(self, "send_nowait", sender, args)
+        background.submit(self, sender, named)
+
+    async def send_later(self, sender: Any = _MISSING, *args: Any, **named: Any) -> None:
+        """Like ``send_nowait``, but wait for room when the dispatcher's backlog is full."""
+        if sender is _MISSING or args or "signal" in named:
+            _bad_send(self, "send_later", sender, args)
+        await background.submit_wait(self, sender, named)
+
+    # -- testing helpers ----------------------------------------------------------------
+
+    @contextmanager
+    def connected_to(self, fn: F, sender: Any = None) -> Iterator[F]:
+        """Connect ``fn`` (strongly) for the ``with`` block only.
+
+        If ``fn`` was already connected for that sender, it stays connected afterwards.
+        """
+        added = self._connect(fn, sender, False, None, False)
+        try:
+            yield fn
+        finally:
+            if added:
+                self.disconnect(fn, sender=sender)
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Make every send of this signal a no-op returning ``[]`` for the ``with`` block."""
+        with self._lock:
+            self._muted += 1
+            self._silent = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._muted -= 1
+                self._silent = not self._entries or self._muted > 0
+
+
+def receiver(
+    signal: AsyncSignal | Sequence[AsyncSignal],
+    *,
+    sender: Any = None,
+    weak: bool = True,
+    dispatch_uid: Hashable | None = None,
+    sync_to_thread: bool = False,
+) -> Callable[[F], F]:
+    """Decorator connecting the function to one signal or to each of a list of signals."""
+    signals = (signal,) if isinstance(signal, AsyncSignal) else tuple(signal)
+    for s in signals:
+        if not isinstance(s, AsyncSignal):
+            raise TypeError(f"@receiver takes an AsyncSignal or a list of them, got {s!r}")
+
+    def decorator(fn: F) -> F:
+        for s in signals:
+            s.connect(
+                fn,
+                sender=sender,
+                weak=weak,
+                dispatch_uid=dispatch_uid,
+                sync_to_thread=sync_to_thread,
+            )
+        return fn
+
+    return decorator
+
+
+__all__ = ["ANY", "AsyncSignal", "receiver"]
+
