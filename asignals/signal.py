@@ -129,6 +129,8 @@ def _make_send(robust: bool) -> Callable[..., Coroutine[Any, Any, Results]]:
         if sender is _MISSING or args or "signal" in named:
             _bad_send(self, "send_robust" if robust else "send", sender, args)
         if self._silent:
+            if concurrent is not _DEFAULT or timeout is not _DEFAULT or max_concurrency is not _DEFAULT:
+                _check_options(concurrent, timeout, max_concurrency)
             return []
         cls = type(sender)
         if cls is str or cls is int or cls is bytes:
