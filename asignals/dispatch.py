@@ -118,7 +118,9 @@ async def run(
         )
     loop = asyncio.events._get_running_loop()
     if loop is not None and timeout is None and max_concurrency is None:
-        return await _run_asyncio(loop, signal, entries, start, results, sender, named, robust, carried)
+        return await _run_asyncio(
+            loop, signal, entries, start, results, sender, named, robust, carried
+        )
     return await _run_anyio(
         signal, entries, start, results, sender, named, robust, timeout, max_concurrency, carried
     )

@@ -129,7 +129,11 @@ def _make_send(robust: bool) -> Callable[..., Coroutine[Any, Any, Results]]:
         if sender is _MISSING or args or "signal" in named:
             _bad_send(self, "send_robust" if robust else "send", sender, args)
         if self._silent:
-            if concurrent is not _DEFAULT or timeout is not _DEFAULT or max_concurrency is not _DEFAULT:
+            if (
+                concurrent is not _DEFAULT
+                or timeout is not _DEFAULT
+                or max_concurrency is not _DEFAULT
+            ):
                 _check_options(concurrent, timeout, max_concurrency)
             return []
         cls = type(sender)
@@ -309,11 +313,7 @@ class AsyncSignal:
             for e in self._entries:
                 if not e.alive():
                     continue
-                if (
-                    not found
-                    and e.key == key
-                    and (dispatch_uid is not None or e.same_receiver(fn))
-                ):
+                if not found and e.key == key and (dispatch_uid is not None or e.same_receiver(fn)):
                     e.disconnected = True
                     found = True
                     continue
@@ -366,9 +366,7 @@ class AsyncSignal:
         else:
             key = id(sender)
             try:
-                watcher = weakref.ref(
-                    sender, functools.partial(_evict, weakref.ref(id_cache), key)
-                )
+                watcher = weakref.ref(sender, functools.partial(_evict, weakref.ref(id_cache), key))
             except TypeError:
                 return matched  # cannot tell when it dies, so it is not cached
             id_cache.watchers[key] = watcher
@@ -482,4 +480,3 @@ def receiver(
 
 
 __all__ = ["ANY", "AsyncSignal", "receiver"]
-

@@ -38,16 +38,16 @@ def asyncio_only() -> str:
     return "asyncio"
 
 
-POSTGRES_DSN = os.environ.get(
-    "ASIGNALS_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_DSN = os.environ.get("ASIGNALS_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ASIGNALS_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _reachable(url: str, default_port: int) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -83,4 +83,3 @@ def free_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield port
-
