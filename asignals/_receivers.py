@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import types
 import warnings
 import weakref
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 # Senders of these exact types match by value (``sender="orders"``), as in blinker; every other
 # sender matches by identity, as in Django. bool is left out so ``True`` never matches ``1``.
 VALUE_SENDER_TYPES: Final = (str, bytes, int)
+
+# A connection as the send loop reads it: (getter, mode, entry); getter() is the receiver or None.
+Row = tuple[Callable[[], Any], int, "_Entry"]
 
 # How the send loop runs a receiver.
 INLINE: Final = 0  # a sync callable: called on the loop thread; an awaitable result is awaited
@@ -161,6 +165,7 @@ class _Entry:
         "__weakref__",
         "called",
         "disconnected",
+        "getter",
         "key",
         "mode",
         "name",
@@ -202,6 +207,9 @@ class _Entry:
                 # Not weakly referenceable (a builtin, a __slots__ instance): hold it strongly
                 # rather than refuse it; a strong reference never loses an event.
                 pass
+        # What the send loop calls to get the receiver: the weak reference itself, or for a
+        # strong one a C-level callable returning it, so the loop needs no weak/strong branch.
+        self.getter: Callable[[], Any] = self.target if self.weak else itertools.repeat(fn).__next__
         # The sender: None for any; by value for str/bytes/int; otherwise by identity,
         # through a weak reference where the sender allows one.
         self.sender_value: Any = None
@@ -220,7 +228,11 @@ class _Entry:
 
     def resolve(self) -> Any:
         """The receiver, or None once it has been garbage collected."""
-        return self.target() if self.weak else self.target
+        return self.getter()
+
+    def row(self) -> Row:
+        """What a cached send loop reads: ``(getter, mode, entry)``."""
+        return (self.getter, self.mode, self)
 
     def alive(self) -> bool:
         if self.sender_ref is not None and self.sender_ref() is None:

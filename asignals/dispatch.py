@@ -1,34 +1,44 @@
 """How a send runs the receivers that need awaiting.
 
-``AsyncSignal.send`` runs sync receivers itself and calls :func:`run` for the rest of the list
-as soon as one receiver needs awaiting. Three strategies:
+``AsyncSignal.send`` runs sync receivers itself and calls :func:`run` with the rest of its
+rows as soon as one receiver needs awaiting.
 
-- asyncio, no per-receiver options: each coroutine starts as an *eager* task (Python 3.12+), so
-  a receiver that finishes without suspending costs no scheduling at all; those that suspend
-  are joined with a single future, which is cheaper than ``asyncio.gather`` or a TaskGroup.
-  On 3.11 the tasks are created normally.
-- trio, or a ``timeout``/``max_concurrency``: an AnyIO task group, each receiver wrapped in its
-  own deadline and limiter.
-- ``concurrent=False``: receivers awaited one by one, in connection order.
+The default strategy is built around one observation: most async receivers finish without
+ever suspending, and a task per receiver (``gather``, a TaskGroup, even an eager task) costs
+several times the receiver itself. So a *driver* works through the rows with ``yield from``,
+which runs each coroutine at the cost of a plain ``await``. Only when a receiver really
+suspends does the driver hand the rows after it to a new task, and carry on with the
+suspended receiver in the task it started in, so ``current_task()``, cancel scopes and
+``asyncio.timeout`` always belong to the task the receiver runs in:
 
-Failure semantics are ``asyncio.TaskGroup``'s in all three: the first failure cancels the
+- asyncio: the first driver runs in the sending task itself (no task at all if nothing
+  suspends); on Python 3.12+ the tasks for the rest start eagerly, so they too run their
+  non-suspending receivers at once. On 3.11, which has no eager tasks, each receiver after the
+  first suspension gets its own task, so that they all start on the next loop iteration.
+- trio: the drivers run in tasks of an AnyIO task group (trio has no eager start).
+- ``timeout`` / ``max_concurrency``: one AnyIO task per receiver, each with its deadline and
+  limiter. ``concurrent=False``: receivers awaited one by one, in connection order.
+
+Failure semantics are ``asyncio.TaskGroup``'s everywhere: the first failure cancels the
 receivers still running, and every failure is raised together in an ``ExceptionGroup``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import sys
 import types
-from collections.abc import Awaitable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
-from ._receivers import ASYNC, INLINE, _Entry
+from ._receivers import ASYNC, THREAD, Row, _Entry
 
 if TYPE_CHECKING:
     from .signal import AsyncSignal
@@ -37,24 +47,25 @@ logger = logging.getLogger("asignals")
 
 Results = list[tuple[Any, Any]]
 
-if sys.version_info >= (3, 12):
-
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
-        # Like asyncio.eager_task_factory, but for our tasks only: the coroutine's first step
-        # runs now, inside a real task (so current_task() and cancel scopes are right).
-        return asyncio.Task(coro, loop=loop, eager_start=True)
-
-else:
-
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
-        return loop.create_task(coro)
+_EAGER = sys.version_info >= (3, 12)
 
 
-def log_failure(signal: AsyncSignal, entry: _Entry | str, sender: Any, exc: BaseException) -> None:
-    name = entry if isinstance(entry, str) else entry.name
+def _start_task(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    context: contextvars.Context,
+) -> asyncio.Task[Any]:
+    if _EAGER:
+        # The task's first step runs now, inside the task (as with eager_task_factory, but
+        # for our tasks only, whatever factory the application set).
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coro, context=context)
+
+
+def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseException) -> None:
     logger.error(
         "Error calling %s in %r.send_robust() (sender=%r): %r",
-        name,
+        entry.name,
         signal,
         sender,
         exc,
@@ -62,68 +73,268 @@ def log_failure(signal: AsyncSignal, entry: _Entry | str, sender: Any, exc: Base
     )
 
 
-def _group(signal: AsyncSignal, failures: list[tuple[int, BaseException]]) -> BaseExceptionGroup:
-    failures.sort(key=lambda f: f[0])
-    return BaseExceptionGroup(
-        f"{len(failures)} receiver(s) of {signal!r} raised", [exc for _, exc in failures]
+def _group(signal: AsyncSignal, failures: list[BaseException]) -> BaseExceptionGroup:
+    return BaseExceptionGroup(f"{len(failures)} receiver(s) of {signal!r} raised", failures)
+
+
+def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, Any, Any]:
+    return anyio.to_thread.run_sync(functools.partial(fn, **named), abandon_on_cancel=abandon)
+
+
+class _Run:
+    """The rows ``next`` to ``end`` that one driver works through."""
+
+    __slots__ = ("end", "next")
+
+    def __init__(self, next: int, end: int) -> None:
+        self.next = next
+        self.end = end
+
+
+class _Batch:
+    """The async part of one send: its rows, their result slots, and the tasks running them."""
+
+    __slots__ = (
+        "base",
+        "failures",
+        "loop",
+        "named",
+        "ours",
+        "parent",
+        "parent_busy",
+        "pending",
+        "robust",
+        "rows",
+        "signal",
+        "slots",
+        "start",
+        "task_group",
+        "tasks",
+        "waiter",
     )
 
+    def __init__(
+        self,
+        signal: AsyncSignal,
+        rows: tuple[Row, ...],
+        start: int,
+        named: dict[str, Any],
+        robust: bool,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.signal = signal
+        self.rows = rows
+        self.start = start
+        self.named = named
+        self.robust = robust
+        self.loop = loop
+        self.slots: list[tuple[Any, Any] | None] = [None] * (len(rows) - start)
+        self.failures: list[BaseException] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.pending = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.base: contextvars.Context | None = None
+        self.parent: asyncio.Task[Any] | None = None
+        self.parent_busy = False
+        self.ours = False  # we cancelled the parent task because a receiver failed
+        self.task_group: anyio.abc.TaskGroup | None = None
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+    def results(self, results: Results) -> Results:
+        results.extend(slot for slot in self.slots if slot is not None)
+        return results
+
+    # -- asyncio task bookkeeping -----------------------------------------------------------
+
+    def spawn(self, run: _Run) -> None:
+        if self.task_group is not None:
+            self.task_group.start_soon(_driver_task, self, run)
+            return
+        assert self.loop is not None and self.base is not None
+        task = _start_task(self.loop, _driver_task(self, run), self.base.copy())
+        if task.done():  # an eager task that ran to the end already
+            if not task.cancelled() and (error := task.exception()) is not None:
+                self.fail(error)
+            return
+        self.pending += 1
+        self.tasks.append(task)
+        task.add_done_callback(self.task_done)
+
+    def task_done(self, task: asyncio.Task[Any]) -> None:
+        self.pending -= 1
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.fail(error)
+        if self.pending == 0 and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.failures.append(error)
+        if len(self.failures) == 1:
+            self.cancel_all()
+
+    def cancel_all(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.parent_busy and self.parent is not None and not self.ours:
+            self.ours = True
+            self.parent.cancel()
+
+    async def wait(self) -> None:
+        """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
+        cancelled = False
+        while self.pending:
+            assert self.loop is not None
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            except asyncio.CancelledError:
+                cancelled = True
+                self.cancel_all()
+        if cancelled:
+            raise asyncio.CancelledError
 
 
-def _as_coroutine(awaitable: Any) -> Coroutine[Any, Any, Any]:
-    if type(awaitable) is types.CoroutineType:
-        return awaitable
-    return _await(awaitable)
+def _split(batch: _Batch, run: _Run) -> None:
+    """``run``'s driver is suspended: hand the rows after the current one to new tasks."""
+    rest = _Run(run.next, run.end)
+    run.end = run.next
+    if rest.next >= rest.end or batch.failures:
+        return
+    if batch.base is None and batch.task_group is None:
+        batch.base = contextvars.copy_context()
+    if _EAGER and batch.task_group is None:
+        batch.spawn(rest)
+        return
+    # Without eager tasks a task runs only on the next loop iteration: give each remaining
+    # receiver its own, so that they all start together rather than one per iteration.
+    for index in range(rest.next, rest.end):
+        batch.spawn(_Run(index, index + 1))
 
 
-def _call(
-    entry: _Entry, fn: Any, signal: AsyncSignal, sender: Any, named: dict[str, Any], timeout: Any
-) -> tuple[bool, Any]:
-    """Call one receiver: ``(False, result)`` when done, ``(True, awaitable)`` otherwise."""
-    if entry.mode == INLINE:
-        result = fn(signal=signal, sender=sender, **named)
-        if result is not None and hasattr(type(result), "__await__"):
-            return True, result
-        return False, result
-    if entry.mode == ASYNC:
-        return True, fn(signal=signal, sender=sender, **named)
-    call = functools.partial(fn, signal=signal, sender=sender, **named)
-    return True, anyio.to_thread.run_sync(call, abandon_on_cancel=timeout is not None)
+@types.coroutine
+def _drive(batch: _Batch, run: _Run) -> Generator[Any, Any, None]:
+    """Run ``run``'s receivers in order, storing results in their slots.
+
+    ``yield from`` passes a receiver's suspension straight up to whoever steps this
+    generator, which then calls :func:`_split` so the rest do not wait.
+    """
+    rows = batch.rows
+    named = batch.named
+    slots = batch.slots
+    start = batch.start
+    while run.next < run.end:
+        index = run.next
+        run.next = index + 1
+        get, mode, entry = rows[index]
+        fn = get()
+        if fn is None:
+            continue
+        try:
+            if mode == THREAD:
+                value = yield from _in_thread(fn, named, False).__await__()
+            else:
+                value = fn(**named)
+                if mode == ASYNC or (value is not None and hasattr(type(value), "__await__")):
+                    if type(value) is types.CoroutineType:
+                        value = yield from cast(Any, value)
+                    else:
+                        value = yield from value.__await__()
+        except Exception as exc:
+            if not batch.robust:
+                raise
+            log_failure(batch.signal, entry, named["sender"], exc)
+            value = exc
+        slots[index - start] = (fn, value)
+
+
+@types.coroutine
+def _resume(
+    gen: Generator[Any, Any, None], value: Any, context: contextvars.Context | None
+) -> Generator[Any, Any, None]:
+    """Carry on stepping ``gen``, which has just yielded ``value`` (in ``context``, if given)."""
+    while True:
+        try:
+            sent = yield value
+        except BaseException as exc:
+            try:
+                value = gen.throw(exc) if context is None else context.run(gen.throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                value = gen.send(sent) if context is None else context.run(gen.send, sent)
+            except StopIteration:
+                return
+
+
+async def _driver_task(batch: _Batch, run: _Run) -> None:
+    driver = _drive(batch, run)
+    try:
+        value = driver.send(None)
+    except StopIteration:
+        return
+    _split(batch, run)
+    await _resume(driver, value, None)
 
 
 async def run(
     signal: AsyncSignal,
-    entries: tuple[_Entry, ...],
+    rows: tuple[Row, ...],
     start: int,
     results: Results,
-    sender: Any,
     named: dict[str, Any],
     robust: bool,
     concurrent: bool = True,
     timeout: float | None = None,
     max_concurrency: int | None = None,
-    carried: tuple[Any, Any] | None = None,
 ) -> Results:
-    """Run ``entries[start:]``, appending to ``results``.
-
-    ``carried`` is ``(receiver, awaitable)`` when the caller already called ``entries[start]``
-    (a sync receiver that returned an awaitable).
-    """
+    """Run ``rows[start:]``; return ``results`` extended with theirs, in connection order."""
     if not concurrent:
-        return await _run_sequential(
-            signal, entries, start, results, sender, named, robust, timeout, carried
+        return await _run_sequential(signal, rows, start, results, named, robust, timeout)
+    if timeout is not None or max_concurrency is not None:
+        return await _run_bounded(
+            signal, rows, start, results, named, robust, timeout, max_concurrency
         )
     loop = asyncio.events._get_running_loop()
-    if loop is not None and timeout is None and max_concurrency is None:
-        return await _run_asyncio(
-            loop, signal, entries, start, results, sender, named, robust, carried
-        )
-    return await _run_anyio(
-        signal, entries, start, results, sender, named, robust, timeout, max_concurrency, carried
-    )
+    batch = _Batch(signal, rows, start, named, robust, loop)
+    if loop is None:  # trio
+        async with anyio.create_task_group() as batch.task_group:
+            batch.spawn(_Run(start, len(rows)))
+        return batch.results(results)
+
+    run = _Run(start, len(rows))
+    driver = _drive(batch, run)
+    context = contextvars.copy_context()  # receivers must not change the caller's context
+    try:
+        value = context.run(driver.send, None)
+    except StopIteration:
+        return batch.results(results)  # nothing suspended: no task was needed
+    except Exception as exc:
+        raise _group(signal, [exc]) from None
+    _split(batch, run)
+    batch.parent = asyncio.current_task()
+    batch.parent_busy = True
+    caught = False
+    try:
+        await _resume(driver, value, context)
+    except asyncio.CancelledError:
+        caught = True
+    except Exception as exc:
+        batch.fail(exc)
+    finally:
+        batch.parent_busy = False
+    # A cancellation is the caller's unless we asked for it because a receiver failed (and,
+    # as in asyncio.TaskGroup, uncancel() tells whether someone else asked too).
+    external = caught and not batch.ours
+    if batch.ours and batch.parent is not None and batch.parent.uncancel() > 0:
+        external = True
+    if external:
+        batch.cancel_all()
+        await batch.wait()
+        raise asyncio.CancelledError
+    await batch.wait()
+    if batch.failures:
+        raise _group(signal, batch.failures)
+    return batch.results(results)
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:
@@ -133,176 +344,47 @@ async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:
         return await awaitable
 
 
+def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> Any:
+    if mode == THREAD:
+        return _in_thread(fn, named, timeout is not None)
+    return fn(**named)
+
+
 async def _run_sequential(
     signal: AsyncSignal,
-    entries: tuple[_Entry, ...],
+    rows: tuple[Row, ...],
     start: int,
     results: Results,
-    sender: Any,
     named: dict[str, Any],
     robust: bool,
     timeout: float | None,
-    carried: tuple[Any, Any] | None,
 ) -> Results:
-    for index in range(start, len(entries)):
-        entry = entries[index]
+    for get, mode, entry in rows[start:]:
+        fn = get()
+        if fn is None:
+            continue
         try:
-            if carried is not None and index == start:
-                fn, (pending, value) = carried[0], (True, carried[1])
-            else:
-                fn = entry.resolve()
-                if fn is None:
-                    continue
-                entry.called = True
-                pending, value = _call(entry, fn, signal, sender, named, timeout)
-            if pending:
+            value = _call(fn, mode, named, timeout)
+            if value is not None and hasattr(type(value), "__await__"):
                 value = await _bounded(value, timeout)
         except Exception as exc:
             if not robust:
-                raise _group(signal, [(index, exc)]) from None
-            log_failure(signal, entry, sender, exc)
+                raise _group(signal, [exc]) from None
+            log_failure(signal, entry, named["sender"], exc)
             value = exc
         results.append((fn, value))
     return results
 
 
-class _Join:
-    """Waits for a set of tasks with one future: woken when all are done, or on a failure."""
-
-    __slots__ = ("remaining", "robust", "waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, robust: bool) -> None:
-        self.remaining = count
-        self.robust = robust
-        self.waiter: asyncio.Future[None] = loop.create_future()
-
-    def done(self, task: asyncio.Task[Any]) -> None:
-        self.remaining -= 1
-        if self.waiter.done():
-            return
-        if self.remaining == 0 or (
-            not self.robust and not task.cancelled() and task.exception() is not None
-        ):
-            self.waiter.set_result(None)
-
-
-async def _run_asyncio(
-    loop: asyncio.AbstractEventLoop,
+async def _run_bounded(
     signal: AsyncSignal,
-    entries: tuple[_Entry, ...],
+    rows: tuple[Row, ...],
     start: int,
     results: Results,
-    sender: Any,
-    named: dict[str, Any],
-    robust: bool,
-    carried: tuple[Any, Any] | None,
-) -> Results:
-    tasks: list[tuple[int, _Entry, asyncio.Task[Any]]] = []
-    failures: list[tuple[int, BaseException]] = []
-    try:
-        for index in range(start, len(entries)):
-            entry = entries[index]
-            try:
-                if carried is not None and index == start:
-                    fn, pending, value = carried[0], True, carried[1]
-                else:
-                    fn = entry.resolve()
-                    if fn is None:
-                        continue
-                    entry.called = True
-                    pending, value = _call(entry, fn, signal, sender, named, None)
-            except Exception as exc:
-                if not robust:
-                    failures.append((len(results), exc))
-                    break
-                log_failure(signal, entry, sender, exc)
-                value, pending = exc, False
-            slot = len(results)
-            if pending:
-                task = _start_task(loop, _as_coroutine(value))
-                if not task.done():
-                    tasks.append((slot, entry, task))
-                    value = None
-                elif task.cancelled():
-                    value = None
-                elif (error := task.exception()) is None:
-                    value = task.result()
-                elif robust:
-                    log_failure(signal, entry, sender, error)
-                    value = error
-                else:
-                    failures.append((slot, error))
-                    results.append((fn, None))
-                    break
-            results.append((fn, value))
-        if tasks:
-            await _join(loop, tasks, results, failures, robust, bool(failures), signal, sender)
-    finally:
-        # Reached with tasks still running only through a BaseException in a sync receiver:
-        # they are cancelled, never left behind.
-        for _, _, task in tasks:
-            if not task.done():
-                task.cancel()
-    if failures:
-        raise _group(signal, failures)
-    return results
-
-
-async def _join(
-    loop: asyncio.AbstractEventLoop,
-    tasks: list[tuple[int, _Entry, asyncio.Task[Any]]],
-    results: Results,
-    failures: list[tuple[int, BaseException]],
-    robust: bool,
-    cancel: bool,
-    signal: AsyncSignal,
-    sender: Any,
-) -> None:
-    join = _Join(loop, len(tasks), robust)
-    for _, _, task in tasks:
-        task.add_done_callback(join.done)
-    cancelled = False
-    if cancel:
-        for _, _, task in tasks:
-            task.cancel()
-    while join.remaining:
-        try:
-            await join.waiter
-        except asyncio.CancelledError:
-            cancelled = True
-        if join.remaining:
-            if cancelled or join.waiter.done():
-                # The caller was cancelled, or a receiver failed: stop the others, then wait
-                # for them to finish, as asyncio.TaskGroup does.
-                for _, _, task in tasks:
-                    task.cancel()
-            join.waiter = loop.create_future()
-    for slot, entry, task in tasks:
-        if task.cancelled():
-            continue
-        error = task.exception()
-        if error is None:
-            results[slot] = (results[slot][0], task.result())
-        elif robust:
-            log_failure(signal, entry, sender, error)
-            results[slot] = (results[slot][0], error)
-        else:
-            failures.append((slot, error))
-    if cancelled:
-        raise asyncio.CancelledError
-
-
-async def _run_anyio(
-    signal: AsyncSignal,
-    entries: tuple[_Entry, ...],
-    start: int,
-    results: Results,
-    sender: Any,
     named: dict[str, Any],
     robust: bool,
     timeout: float | None,
     max_concurrency: int | None,
-    carried: tuple[Any, Any] | None,
 ) -> Results:
     limiter = anyio.Semaphore(max_concurrency) if max_concurrency is not None else None
 
@@ -320,7 +402,7 @@ async def _run_anyio(
         except Exception as exc:
             if not robust:
                 raise
-            log_failure(signal, entry, sender, exc)
+            log_failure(signal, entry, named["sender"], exc)
             value = exc
         finally:
             if not started and isinstance(awaitable, Coroutine):
@@ -328,23 +410,20 @@ async def _run_anyio(
         results[slot] = (results[slot][0], value)
 
     async with anyio.create_task_group() as tg:
-        for index in range(start, len(entries)):
-            entry = entries[index]
+        for get, mode, entry in rows[start:]:
+            fn = get()
+            if fn is None:
+                continue
             try:
-                if carried is not None and index == start:
-                    fn, pending, value = carried[0], True, carried[1]
-                else:
-                    fn = entry.resolve()
-                    if fn is None:
-                        continue
-                    entry.called = True
-                    pending, value = _call(entry, fn, signal, sender, named, timeout)
+                value = _call(fn, mode, named, timeout)
             except Exception as exc:
                 if not robust:
                     raise
-                log_failure(signal, entry, sender, exc)
-                value, pending = exc, False
-            results.append((fn, None if pending else value))
-            if pending:
+                log_failure(signal, entry, named["sender"], exc)
+                value = exc
+            if value is not None and hasattr(type(value), "__await__"):
+                results.append((fn, None))
                 tg.start_soon(guarded, len(results) - 1, entry, value)
+            else:
+                results.append((fn, value))
     return results

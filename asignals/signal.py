@@ -19,6 +19,7 @@ from typing import Any, Final, TypeVar
 from . import background, dispatch
 from ._receivers import (
     VALUE_SENDER_TYPES,
+    Row,
     _Entry,
     check_receiver,
     receiver_key,
@@ -55,7 +56,7 @@ _MISSING: Any = object()  # no sender given
 _DEFAULT: Any = object()  # dispatch option not given on this call: use the signal's
 
 
-class _IdCache(dict[int, tuple[_Entry, ...]]):
+class _IdCache(dict[int, tuple[Row, ...]]):
     """Per-sender receiver cache keyed by ``id(sender)``.
 
     Each cached sender is watched through a weak reference that evicts its row when it dies,
@@ -91,20 +92,47 @@ def _check_options(concurrent: Any, timeout: Any, max_concurrency: Any) -> None:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
 
 
-def _bad_send(signal: AsyncSignal, method: str, sender: Any, args: tuple[Any, ...]) -> None:
-    if sender is _MISSING:
-        raise TypeError(
-            f"{signal!r}.{method}() needs a sender: {method}(sender, **kwargs); "
-            f"pass None to reach only the receivers connected for any sender"
-        )
+# Keywords that a send does not pass through to receivers as they are.
+_RESERVED: Final = frozenset({"signal", "sender", "concurrent", "timeout", "max_concurrency"})
+
+
+def _parse_call(
+    signal: AsyncSignal, method: str, sender: Any, args: tuple[Any, ...], named: dict[str, Any]
+) -> tuple[Any, tuple[bool, float | None, int | None] | None]:
+    """The slow path of a send's arguments: sender by keyword, dispatch options, mistakes.
+
+    Returns the sender and the dispatch options (None when the call gave none), removing both
+    from ``named``.
+    """
     if args:
         raise TypeError(
             f"{signal!r}.{method}() takes the sender as its only positional argument; pass "
             f"the other {len(args)} value(s) as keyword arguments"
         )
-    raise TypeError(
-        f"{signal!r}.{method}() got a keyword argument 'signal': every receiver already "
-        f"receives the signal as signal=; rename that argument"
+    if "signal" in named:
+        raise TypeError(
+            f"{signal!r}.{method}() got a keyword argument 'signal': every receiver already "
+            f"receives the signal as signal=; rename that argument"
+        )
+    if "sender" in named:
+        if sender is not _MISSING:
+            raise TypeError(f"{signal!r}.{method}() got the sender twice, by position and keyword")
+        sender = named.pop("sender")
+    if sender is _MISSING:
+        raise TypeError(
+            f"{signal!r}.{method}() needs a sender: {method}(sender, **kwargs); "
+            f"pass None to reach only the receivers connected for any sender"
+        )
+    concurrent = named.pop("concurrent", _DEFAULT)
+    timeout = named.pop("timeout", _DEFAULT)
+    max_concurrency = named.pop("max_concurrency", _DEFAULT)
+    if concurrent is _DEFAULT and timeout is _DEFAULT and max_concurrency is _DEFAULT:
+        return sender, None
+    _check_options(concurrent, timeout, max_concurrency)
+    return sender, (
+        signal.concurrent if concurrent is _DEFAULT else concurrent,
+        signal.timeout if timeout is _DEFAULT else timeout,
+        signal.max_concurrency if max_concurrency is _DEFAULT else max_concurrency,
     )
 
 
@@ -115,89 +143,60 @@ def _make_send(robust: bool) -> Callable[..., Coroutine[Any, Any, Results]]:
     hot path: a shared coroutine that both awaited would cost one more coroutine per send, so
     the loop is written once and specialised here. It runs the sync receivers inline and hands
     the rest of the list to :func:`dispatch.run` at the first receiver that needs awaiting.
+
+    ``sender`` is positional-only in the signature so that the common call parses fast; a
+    sender given by keyword (Django style) and the dispatch options (``concurrent``,
+    ``timeout``, ``max_concurrency``) are picked out of ``named`` by :func:`_parse_call`.
     """
+    method = "send_robust" if robust else "send"
 
     async def send(
-        self: AsyncSignal,
-        sender: Any = _MISSING,
-        *args: Any,
-        concurrent: bool = _DEFAULT,
-        timeout: float | None = _DEFAULT,
-        max_concurrency: int | None = _DEFAULT,
-        **named: Any,
+        self: AsyncSignal, sender: Any = _MISSING, /, *args: Any, **named: Any
     ) -> Results:
-        if sender is _MISSING or args or "signal" in named:
-            _bad_send(self, "send_robust" if robust else "send", sender, args)
+        options = None
+        if sender is _MISSING or args or not _RESERVED.isdisjoint(named):
+            sender, options = _parse_call(self, method, sender, args, named)
         if self._silent:
-            if (
-                concurrent is not _DEFAULT
-                or timeout is not _DEFAULT
-                or max_concurrency is not _DEFAULT
-            ):
-                _check_options(concurrent, timeout, max_concurrency)
             return []
         cls = type(sender)
         if cls is str or cls is int or cls is bytes:
-            entries = self._value_cache.get(sender)
+            rows = self._value_cache.get(sender)
         else:
-            entries = self._id_cache.get(id(sender))
-        if entries is None:
-            entries = self._lookup(sender)
-        if (
-            self._options
-            or concurrent is not _DEFAULT
-            or timeout is not _DEFAULT
-            or max_concurrency is not _DEFAULT
-        ):
-            _check_options(concurrent, timeout, max_concurrency)
-            return await dispatch.run(
-                self,
-                entries,
-                0,
-                [],
-                sender,
-                named,
-                robust,
-                self.concurrent if concurrent is _DEFAULT else concurrent,
-                self.timeout if timeout is _DEFAULT else timeout,
-                self.max_concurrency if max_concurrency is _DEFAULT else max_concurrency,
-            )
+            rows = self._id_cache.get(id(sender))
+        if rows is None:
+            rows = self._lookup(sender)
+        # Receivers get their own copy of this dict (**kwargs always copies), so it is built
+        # once per send.
+        named["signal"] = self
+        named["sender"] = sender
+        if options is not None or self._options:
+            if options is None:
+                options = (self.concurrent, self.timeout, self.max_concurrency)
+            return await dispatch.run(self, rows, 0, [], named, robust, *options)
         results: Results = []
-        for entry in entries:
-            if entry.weak:
-                fn = entry.target()
-                if fn is None:
-                    continue
-                entry.called = True
-            else:
-                fn = entry.target
-            if entry.mode:
-                return await dispatch.run(
-                    self, entries, entries.index(entry), results, sender, named, robust
-                )
+        index = 0
+        for get, mode, entry in rows:
+            fn = get()
+            if fn is None:
+                index += 1
+                continue
+            if mode:
+                return await dispatch.run(self, rows, index, results, named, robust)
             try:
-                result = fn(signal=self, sender=sender, **named)
+                result = fn(**named)
+                if result is not None and hasattr(type(result), "__await__"):
+                    result = await result
             except Exception as exc:
                 if not robust:
                     raise ExceptionGroup(f"a receiver of {self!r} raised", [exc]) from None
                 dispatch.log_failure(self, entry, sender, exc)
                 result = exc
-            else:
-                if result is not None and hasattr(type(result), "__await__"):
-                    return await dispatch.run(
-                        self,
-                        entries,
-                        entries.index(entry),
-                        results,
-                        sender,
-                        named,
-                        robust,
-                        carried=(fn, result),
-                    )
             results.append((fn, result))
+            index += 1
         return results
 
-    send.__name__ = send.__qualname__ = "send_robust" if robust else "send"
+    send.__name__ = method
+    send.__qualname__ = f"AsyncSignal.{method}"
     return send
 
 
@@ -232,7 +231,7 @@ class AsyncSignal:
         self._options = not concurrent or timeout is not None or max_concurrency is not None
         self._lock = threading.Lock()
         self._entries: tuple[_Entry, ...] = ()
-        self._value_cache: dict[Any, tuple[_Entry, ...]] = {}
+        self._value_cache: dict[Any, tuple[Row, ...]] = {}
         self._id_cache = _IdCache()
         self._muted = 0
         self._silent = True
@@ -352,13 +351,15 @@ class AsyncSignal:
             finally:
                 self._lock.release()
 
-    def _lookup(self, sender: Any) -> tuple[_Entry, ...]:
+    def _lookup(self, sender: Any) -> tuple[Row, ...]:
         """The live receivers for ``sender``, cached when the sender can be watched."""
         value_cache = self._value_cache
         id_cache = self._id_cache
         if self._dead:
             self._prune()
-        matched = tuple(e for e in self._entries if e.listens_to(sender) and e.alive())
+        matched = tuple(e.row() for e in self._entries if e.listens_to(sender) and e.alive())
+        for _, _, entry in matched:
+            entry.called = True  # a send is about to reach it: no "collected unused" warning
         if type(sender) in VALUE_SENDER_TYPES:
             value_cache[sender] = matched
         elif sender is None:
@@ -410,16 +411,20 @@ class AsyncSignal:
     send_robust.__doc__ = """Like ``send``, but an ``Exception`` from a receiver is logged on the
     ``asignals`` logger and returned in that receiver's slot; the others carry on."""
 
-    def send_nowait(self, sender: Any = _MISSING, *args: Any, **named: Any) -> None:
+    def send_nowait(self, sender: Any = _MISSING, /, *args: Any, **named: Any) -> None:
         """Schedule ``send_robust(sender, **kwargs)`` on the running dispatcher; return at once."""
-        if sender is _MISSING or args or "signal" in named:
-            _bad_send(self, "send_nowait", sender, args)
+        if sender is _MISSING or args or not _RESERVED.isdisjoint(named):
+            sender, options = _parse_call(self, "send_nowait", sender, args, named)
+            if options is not None:
+                raise TypeError("send_nowait() takes no dispatch options; set them on the signal")
         background.submit(self, sender, named)
 
-    async def send_later(self, sender: Any = _MISSING, *args: Any, **named: Any) -> None:
+    async def send_later(self, sender: Any = _MISSING, /, *args: Any, **named: Any) -> None:
         """Like ``send_nowait``, but wait for room when the dispatcher's backlog is full."""
-        if sender is _MISSING or args or "signal" in named:
-            _bad_send(self, "send_later", sender, args)
+        if sender is _MISSING or args or not _RESERVED.isdisjoint(named):
+            sender, options = _parse_call(self, "send_later", sender, args, named)
+            if options is not None:
+                raise TypeError("send_later() takes no dispatch options; set them on the signal")
         await background.submit_wait(self, sender, named)
 
     # -- testing helpers ----------------------------------------------------------------

@@ -707,3 +707,91 @@ async def test_sends_leave_no_reference_cycles() -> None:
         gc.enable()
     # Allow the event loop's own bookkeeping, but not a cycle per send.
     assert found < 50
+
+
+# -- the dispatch machinery: suspension, task identity, failures across tasks ---------------
+
+
+async def test_cancel_scopes_inside_receivers_belong_to_their_own_task() -> None:
+    """A receiver's deadline must cancel that receiver, never the sender or a sibling."""
+    sig = AsyncSignal()
+
+    def make(deadline: float, work: float) -> Any:
+        async def r(sender: Any, **kw: Any) -> str:
+            with anyio.fail_after(deadline):
+                await anyio.sleep(work)
+            return "done"
+
+        return r
+
+    receivers = [make(1, 0.01), make(0.02, 1), make(1, 0.01), make(1, 0)]
+    for fn in receivers:
+        sig.connect(fn)
+    with anyio.fail_after(3):
+        results = await sig.send_robust(None)
+    assert results[0][1] == "done"
+    assert isinstance(results[1][1], TimeoutError)
+    assert [r for _, r in results[2:]] == ["done", "done"]
+    await anyio.sleep(0)  # the sending task was not left cancelled
+
+
+async def test_a_failure_in_one_task_cancels_receivers_in_the_others() -> None:
+    sig = AsyncSignal()
+    cancelled: list[str] = []
+
+    def hanging(name: str) -> Any:
+        async def r(sender: Any, **kw: Any) -> None:
+            try:
+                await anyio.sleep(10)
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(name)
+                raise
+
+        return r
+
+    async def fails_later(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0.01)
+        raise ValueError("late failure")
+
+    receivers = [hanging("first"), fails_later, hanging("third")]
+    for fn in receivers:
+        sig.connect(fn)
+    with anyio.fail_after(3), pytest.raises(ExceptionGroup) as info:
+        await sig.send(None)
+    assert [str(e) for e in info.value.exceptions] == ["late failure"]
+    assert sorted(cancelled) == ["first", "third"]
+    await anyio.sleep(0)  # the sender is usable afterwards: our cancellation was undone
+
+
+async def test_suspending_receivers_start_together() -> None:
+    sig = AsyncSignal()
+
+    async def waits(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0.05)
+
+    receivers = [functools.partial(waits) for _ in range(20)]
+    for fn in receivers:
+        sig.connect(fn, weak=False)
+    start = anyio.current_time()
+    await sig.send(None)
+    assert anyio.current_time() - start < 0.5  # 20 x 0.05 s would be 1 s one by one
+
+
+async def test_sync_receivers_after_a_suspended_one_still_run_in_order() -> None:
+    sig = AsyncSignal()
+    log: list[str] = []
+
+    async def suspends(sender: Any, **kw: Any) -> str:
+        log.append("suspends:start")
+        await anyio.sleep(0.01)
+        log.append("suspends:end")
+        return "a"
+
+    def after(sender: Any, **kw: Any) -> str:
+        log.append("after")
+        return "b"
+
+    sig.connect(suspends)
+    sig.connect(after)
+    assert [r for _, r in await sig.send(None)] == ["a", "b"]
+    assert log.index("suspends:start") < log.index("after")
