@@ -32,7 +32,7 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -50,16 +50,18 @@ Results = list[tuple[Any, Any]]
 _EAGER = sys.version_info >= (3, 12)
 
 
+_COROUTINE = types.CoroutineType
+_PENDING: Any = (None, None)  # a result slot whose receiver is still running
+
+
 def _start_task(
-    loop: asyncio.AbstractEventLoop,
-    coro: Coroutine[Any, Any, Any],
-    context: contextvars.Context,
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
 ) -> asyncio.Task[Any]:
     if _EAGER:
         # The task's first step runs now, inside the task (as with eager_task_factory, but
         # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-    return loop.create_task(coro, context=context)
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coro)
 
 
 def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseException) -> None:
@@ -81,33 +83,30 @@ def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, 
     return anyio.to_thread.run_sync(functools.partial(fn, **named), abandon_on_cancel=abandon)
 
 
-class _Run:
-    """The rows ``next`` to ``end`` that one driver works through."""
-
-    __slots__ = ("end", "next")
-
-    def __init__(self, next: int, end: int) -> None:
-        self.next = next
-        self.end = end
-
-
 class _Batch:
-    """The async part of one send: its rows, their result slots, and the tasks running them."""
+    """The async part of one send: its rows, its results, and any tasks running receivers.
+
+    A receiver's place in ``results`` is taken (with a placeholder) before it starts, so the
+    list stays in connection order whichever receiver finishes first.
+
+    Only what the driver needs is set up front; the task bookkeeping is set by ``prepare`` when
+    a receiver first suspends, so that a send whose receivers never suspend stays cheap.
+    """
 
     __slots__ = (
-        "base",
+        "end",
         "failures",
         "loop",
         "named",
+        "next",
         "ours",
         "parent",
         "parent_busy",
         "pending",
+        "results",
         "robust",
         "rows",
         "signal",
-        "slots",
-        "start",
         "task_group",
         "tasks",
         "waiter",
@@ -120,49 +119,49 @@ class _Batch:
         start: int,
         named: dict[str, Any],
         robust: bool,
-        loop: asyncio.AbstractEventLoop | None,
+        results: Results,
     ) -> None:
         self.signal = signal
         self.rows = rows
-        self.start = start
+        self.next = start
+        self.end = len(rows)
         self.named = named
         self.robust = robust
+        self.results = results
+
+    def prepare(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        parent: asyncio.Task[Any] | None,
+        task_group: anyio.abc.TaskGroup | None,
+    ) -> None:
         self.loop = loop
-        self.slots: list[tuple[Any, Any] | None] = [None] * (len(rows) - start)
+        self.parent = parent
+        self.task_group = task_group
         self.failures: list[BaseException] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.pending = 0
         self.waiter: asyncio.Future[None] | None = None
-        self.base: contextvars.Context | None = None
-        self.parent: asyncio.Task[Any] | None = None
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
-        self.task_group: anyio.abc.TaskGroup | None = None
 
-    def results(self, results: Results) -> Results:
-        results.extend(slot for slot in self.slots if slot is not None)
-        return results
-
-    # -- asyncio task bookkeeping -----------------------------------------------------------
-
-    def spawn(self, run: _Run) -> None:
-        if self.task_group is not None:
-            self.task_group.start_soon(_driver_task, self, run)
+    def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
+        """Take a finished task's outcome into its slot."""
+        if task.cancelled():
+            self.results[slot] = (fn, None)
             return
-        assert self.loop is not None and self.base is not None
-        task = _start_task(self.loop, _driver_task(self, run), self.base.copy())
-        if task.done():  # an eager task that ran to the end already
-            if not task.cancelled() and (error := task.exception()) is not None:
-                self.fail(error)
-            return
-        self.pending += 1
-        self.tasks.append(task)
-        task.add_done_callback(self.task_done)
-
-    def task_done(self, task: asyncio.Task[Any]) -> None:
-        self.pending -= 1
-        if not task.cancelled() and (error := task.exception()) is not None:
+        error = task.exception()
+        if error is None:
+            self.results[slot] = (fn, task.result())
+        elif self.robust and isinstance(error, Exception):
+            log_failure(self.signal, entry, self.named["sender"], error)
+            self.results[slot] = (fn, error)
+        else:
             self.fail(error)
+
+    def task_done(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
+        self.pending -= 1
+        self.settle(slot, fn, entry, task)
         if self.pending == 0 and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -193,57 +192,108 @@ class _Batch:
             raise asyncio.CancelledError
 
 
-def _split(batch: _Batch, run: _Run) -> None:
-    """``run``'s driver is suspended: hand the rows after the current one to new tasks."""
-    rest = _Run(run.next, run.end)
-    run.end = run.next
-    if rest.next >= rest.end or batch.failures:
-        return
-    if batch.base is None and batch.task_group is None:
-        batch.base = contextvars.copy_context()
-    if _EAGER and batch.task_group is None:
-        batch.spawn(rest)
-        return
-    # Without eager tasks a task runs only on the next loop iteration: give each remaining
-    # receiver its own, so that they all start together rather than one per iteration.
-    for index in range(rest.next, rest.end):
-        batch.spawn(_Run(index, index + 1))
+async def _await_one(batch: _Batch, slot: int, fn: Any, entry: _Entry, awaitable: Any) -> None:
+    """A trio task for one receiver (asyncio tasks run the receiver's coroutine directly)."""
+    try:
+        value = await awaitable
+    except Exception as exc:
+        if not batch.robust:
+            raise
+        log_failure(batch.signal, entry, batch.named["sender"], exc)
+        value = exc
+    batch.results[slot] = (fn, value)
 
 
-@types.coroutine
-def _drive(batch: _Batch, run: _Run) -> Generator[Any, Any, None]:
-    """Run ``run``'s receivers in order, storing results in their slots.
+def _split(batch: _Batch) -> None:
+    """The driver is suspended in a receiver: start every receiver after it now.
 
-    ``yield from`` passes a receiver's suspension straight up to whoever steps this
-    generator, which then calls :func:`_split` so the rest do not wait.
+    Sync receivers run inline; the others each get a task, as with ``asyncio.gather`` (a
+    driver per task would make them start one loop iteration after another).
     """
-    rows = batch.rows
     named = batch.named
-    slots = batch.slots
-    start = batch.start
-    while run.next < run.end:
-        index = run.next
-        run.next = index + 1
-        get, mode, entry = rows[index]
+    results = batch.results
+    first = batch.next
+    batch.end = first  # the driver stops after the receiver it is suspended in
+    for index in range(first, len(batch.rows)):
+        if batch.failures:
+            return
+        get, mode, entry = batch.rows[index]
         fn = get()
         if fn is None:
             continue
         try:
             if mode == THREAD:
-                value = yield from _in_thread(fn, named, False).__await__()
+                value = _in_thread(fn, named, False)
             else:
                 value = fn(**named)
-                if mode == ASYNC or (value is not None and hasattr(type(value), "__await__")):
-                    if type(value) is types.CoroutineType:
-                        value = yield from cast(Any, value)
-                    else:
-                        value = yield from value.__await__()
+                if mode != ASYNC and (value is None or not hasattr(type(value), "__await__")):
+                    results.append((fn, value))
+                    continue
         except Exception as exc:
             if not batch.robust:
-                raise
+                batch.fail(exc)
+                return
             log_failure(batch.signal, entry, named["sender"], exc)
-            value = exc
-        slots[index - start] = (fn, value)
+            results.append((fn, exc))
+            continue
+        slot = len(results)
+        results.append(_PENDING)
+        if batch.task_group is not None:
+            batch.task_group.start_soon(_await_one, batch, slot, fn, entry, value)
+            continue
+        assert batch.loop is not None
+        task = _start_task(batch.loop, _as_coroutine(value))
+        if task.done():  # an eager task that ran to the end already
+            batch.settle(slot, fn, entry, task)
+            continue
+        batch.pending += 1
+        batch.tasks.append(task)
+        task.add_done_callback(functools.partial(batch.task_done, slot, fn, entry))
+
+
+async def _wrap(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _as_coroutine(value: Any) -> Coroutine[Any, Any, Any]:
+    return value if type(value) is _COROUTINE else _wrap(value)
+
+
+@types.coroutine
+def _drive(batch: _Batch) -> Generator[Any, Any, None]:
+    """Run the batch's receivers in order, storing results in their slots.
+
+    ``yield from`` runs a coroutine at the cost of a plain ``await`` and passes its suspension
+    straight up to whoever steps this generator, which then calls :func:`_split` so that the
+    rest do not wait.
+    """
+    rows = batch.rows
+    named = batch.named
+    results = batch.results
+    index = batch.next
+    while index < batch.end:
+        batch.next = index + 1
+        get, mode, entry = rows[index]
+        fn = get()
+        if fn is not None:
+            slot = len(results)
+            results.append(_PENDING)
+            try:
+                if mode == ASYNC:
+                    value = yield from fn(**named)
+                elif mode == THREAD:
+                    value = yield from _in_thread(fn, named, False).__await__()
+                else:
+                    value = fn(**named)
+                    if value is not None and hasattr(type(value), "__await__"):
+                        value = yield from _as_coroutine(value)
+            except Exception as exc:
+                if not batch.robust:
+                    raise
+                log_failure(batch.signal, entry, named["sender"], exc)
+                value = exc
+            results[slot] = (fn, value)
+        index += 1
 
 
 @types.coroutine
@@ -266,13 +316,21 @@ def _resume(
                 return
 
 
-async def _driver_task(batch: _Batch, run: _Run) -> None:
-    driver = _drive(batch, run)
+async def _driver_task(batch: _Batch) -> None:
+    """trio: the driver runs in a task of the batch's task group."""
+    driver = _drive(batch)
     try:
         value = driver.send(None)
     except StopIteration:
         return
-    _split(batch, run)
+    try:
+        _split(batch)
+    except BaseException:
+        driver.close()
+        raise
+    if batch.failures:
+        driver.close()
+        raise batch.failures[0]
     await _resume(driver, value, None)
 
 
@@ -294,27 +352,27 @@ async def run(
         return await _run_bounded(
             signal, rows, start, results, named, robust, timeout, max_concurrency
         )
+    batch = _Batch(signal, rows, start, named, robust, results)
     loop = asyncio.events._get_running_loop()
-    batch = _Batch(signal, rows, start, named, robust, loop)
     if loop is None:  # trio
-        async with anyio.create_task_group() as batch.task_group:
-            batch.spawn(_Run(start, len(rows)))
-        return batch.results(results)
+        async with anyio.create_task_group() as task_group:
+            batch.prepare(None, None, task_group)
+            task_group.start_soon(_driver_task, batch)
+        return results
 
-    run = _Run(start, len(rows))
-    driver = _drive(batch, run)
+    driver = _drive(batch)
     context = contextvars.copy_context()  # receivers must not change the caller's context
     try:
         value = context.run(driver.send, None)
     except StopIteration:
-        return batch.results(results)  # nothing suspended: no task was needed
+        return results  # nothing suspended: no task was needed
     except Exception as exc:
         raise _group(signal, [exc]) from None
-    _split(batch, run)
-    batch.parent = asyncio.current_task()
+    batch.prepare(loop, asyncio.current_task(), None)
     batch.parent_busy = True
     caught = False
     try:
+        _split(batch)
         await _resume(driver, value, context)
     except asyncio.CancelledError:
         caught = True
@@ -334,7 +392,7 @@ async def run(
     await batch.wait()
     if batch.failures:
         raise _group(signal, batch.failures)
-    return batch.results(results)
+    return results
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:
