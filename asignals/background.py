@@ -1,24 +1,391 @@
 """Background dispatch: ``send_nowait`` and the dispatcher that owns those sends.
 
-(Placeholder: being implemented for issue 3.)
+``sig.send_nowait(sender, **kw)`` must return at once, yet nothing it schedules may be lost or
+outlive the program silently. So every background send is a task in the task group of a
+:class:`Dispatcher` (``async with asignals.dispatcher():``), and leaving that block waits for all
+of them (optionally up to a deadline, after which the rest are cancelled and each is logged).
+
+Finding "the current dispatcher" is the subtle part. ASGI servers run the lifespan in one task
+and every request in tasks created from the server's context, not the lifespan's, so a
+``ContextVar`` set when the lifespan opens the dispatcher is invisible to request handlers.
+Each open dispatcher is therefore also registered against its event loop (the asyncio loop, or
+trio's token): any task on that loop finds the first one opened there. A ``ContextVar`` takes
+precedence, so an explicitly nested ``async with dispatcher()`` captures the sends made inside
+its block, and a background receiver's own ``send_nowait`` goes to the dispatcher running it
+(accepted even while that dispatcher drains, so chained sends are drained too).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import logging
+import sys
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ._receivers import describe
 
 if TYPE_CHECKING:
     from .signal import AsyncSignal
 
+__all__ = [
+    "DEFAULT_MAX_PENDING",
+    "BacklogFull",
+    "Dispatcher",
+    "DispatcherClosed",
+    "current_dispatcher",
+    "dispatcher",
+    "submit",
+    "submit_wait",
+]
+
+logger = logging.getLogger("asignals.background")
+
+#: Default bound on background sends that are scheduled and not finished yet.
+DEFAULT_MAX_PENDING: Final = 10_000
+
+_NO_DISPATCHER: Final = (
+    "send_nowait() needs a running dispatcher: wrap your program in "
+    "`async with asignals.dispatcher():`, or give your FastAPI/Starlette app "
+    "`lifespan=asignals.contrib.asgi.lifespan`"
+)
+_NO_LOOP: Final = (
+    "send_nowait() must be called from the event loop's thread (no asyncio loop or trio run "
+    "is active here); from a worker thread use anyio.from_thread.run_sync(sig.send_nowait, ...)"
+)
+
+_NEW: Final = 0
+_OPEN: Final = 1
+_CLOSING: Final = 2
+_CLOSED: Final = 3
+
+# The dispatcher of an explicit ``async with`` block, or of the background send running now.
+_current: ContextVar[Dispatcher | None] = ContextVar("asignals_dispatcher", default=None)
+# Open (or draining) dispatchers by event loop, in the order they were entered.
+_by_loop: dict[object, list[Dispatcher]] = {}
+
+
+class BacklogFull(RuntimeError):
+    """``send_nowait`` found ``max_pending`` background sends already scheduled."""
+
+
+class DispatcherClosed(RuntimeError):
+    """The dispatcher is draining or closed and accepts no new background sends."""
+
+
+def _loop_key() -> object | None:
+    """What identifies the running event loop: the asyncio loop or the trio token."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            token: object = trio.lowlevel.current_trio_token()
+            return token
+        except RuntimeError:
+            pass
+    return None
+
+
+class Dispatcher:
+    """Owns background sends: their tasks, a bounded backlog and a drain on exit.
+
+    Use it through :func:`dispatcher`. ``pending`` is the number of background sends scheduled
+    and not finished; ``peak_pending`` its highest value so far; ``submitted`` the total count.
+
+    The sends are plain asyncio tasks (an AnyIO task group costs several times more per send)
+    or, on trio, children of a nursery, each shielded so that cancelling the ``async with``
+    block does not cancel them: the drain on exit decides their fate, on both backends alike.
+    On trio the block must be exited in the task that entered it, as for any nursery.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending: int | None = DEFAULT_MAX_PENDING,
+        drain_timeout: float | None = None,
+    ) -> None:
+        if max_pending is not None and (
+            isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
+        ):
+            raise ValueError(f"max_pending must be a positive int or None; got {max_pending!r}")
+        if drain_timeout is not None and not drain_timeout >= 0:
+            raise ValueError(f"drain_timeout must be >= 0 seconds or None; got {drain_timeout!r}")
+        self.max_pending = max_pending
+        self.drain_timeout = drain_timeout
+        self.pending = 0
+        self.peak_pending = 0
+        self.submitted = 0
+        self._state = _NEW
+        self._waiting = 0  # send_later callers blocked on a full backlog
+        self._deadline_passed = False
+        self._loop: object = None
+        self._token: Token[Dispatcher | None] | None = None
+        # Plain asyncio tasks, or a trio nursery: an AnyIO task group costs 5-10x more per send.
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nursery_cm: Any = None
+        self._nursery: Any = None
+        self._trio_scope: Any = None  # trio.CancelScope
+        self._scopes: set[Any] = set()  # the shields of the trio sends running now
+        self._room: anyio.Semaphore | None = None
+        self._idle: anyio.Event | None = None
+        self._cancelled: type[BaseException] = BaseException
+
+    def __repr__(self) -> str:
+        state = ("new", "open", "draining", "closed")[self._state]
+        return (
+            f"<asignals.Dispatcher {state} pending={self.pending} "
+            f"max_pending={self.max_pending} drain_timeout={self.drain_timeout}>"
+        )
+
+    # -- the context manager ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Dispatcher:
+        if self._state != _NEW:
+            raise RuntimeError(
+                f"{self!r} was already entered; a dispatcher can be used for one "
+                f"`async with` only: create a new one with asignals.dispatcher()"
+            )
+        loop = _loop_key()
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            self._aloop = loop
+        else:
+            import trio
+
+            self._trio_scope = trio.CancelScope
+            self._nursery_cm = trio.open_nursery()
+            self._nursery = await self._nursery_cm.__aenter__()
+        self._loop = loop
+        self._cancelled = anyio.get_cancelled_exc_class()
+        self._idle = anyio.Event()
+        if self.max_pending is not None:
+            self._room = anyio.Semaphore(self.max_pending)
+        self._state = _OPEN
+        _by_loop.setdefault(loop, []).append(self)
+        self._token = _current.set(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = _CLOSING
+        try:
+            # Drain even when the block is being cancelled: a queued send is never dropped
+            # silently. drain_timeout bounds this.
+            with anyio.CancelScope(shield=True):
+                await self._drain()
+        finally:
+            self._state = _CLOSED
+            self._unregister()
+        # Every send has finished (or was cancelled at the deadline and has unwound).
+        if self._nursery_cm is not None:
+            await self._nursery_cm.__aexit__(None, None, None)
+
+    def _unregister(self) -> None:
+        stack = _by_loop.get(self._loop)
+        if stack is not None:
+            if self in stack:
+                stack.remove(self)
+            if not stack:
+                _by_loop.pop(self._loop, None)
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:
+                # Exited from another context than it was entered in (some test runners
+                # run fixture setup and teardown in different tasks): just stop pointing here.
+                if _current.get() is self:
+                    _current.set(None)
+            self._token = None
+
+    async def _drain(self) -> None:
+        assert self._idle is not None
+        if self.pending == 0 and self._waiting == 0:
+            return
+        if self.drain_timeout is None:
+            await self._idle.wait()
+            return
+        with anyio.move_on_after(self.drain_timeout):
+            await self._idle.wait()
+        if self.pending or self._waiting:
+            self._deadline_passed = True
+            logger.warning(
+                "asignals dispatcher: drain deadline of %ss passed with %d background send(s) "
+                "still running; cancelling them",
+                self.drain_timeout,
+                self.pending,
+            )
+            for scope in list(self._scopes):
+                scope.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await self._idle.wait()
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if self._state == _OPEN:
+            return
+        if self._state == _CLOSING and _current.get() is self:
+            return  # a send from inside this dispatcher's own work: part of what we drain
+        if self._state == _NEW:
+            raise RuntimeError(f"{self!r} is not entered yet: use `async with` first")
+        raise DispatcherClosed(
+            f"send_nowait() after shutdown began: {self!r} is draining and accepts no new "
+            f"background sends; await sig.send(...) instead, or send before shutdown"
+        )
+
+    def submit(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        """Schedule ``signal.send_robust(sender, **kwargs)`` now or raise :class:`BacklogFull`."""
+        self._check_accepting()
+        room = self._room
+        if room is not None:
+            try:
+                room.acquire_nowait()
+            except anyio.WouldBlock:
+                raise BacklogFull(
+                    f"{self.max_pending} background sends are already pending on {self!r}; "
+                    f"`await {signal!r}.send_later(...)` waits for room, or raise max_pending "
+                    f"in asignals.dispatcher(max_pending=...)"
+                ) from None
+        self._spawn(signal, sender, kwargs)
+
+    async def submit_wait(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        """Like :meth:`submit`, but wait for room when the backlog is full."""
+        self._check_accepting()
+        room = self._room
+        if room is not None:
+            try:
+                room.acquire_nowait()  # room now: no checkpoint, so a producer can fill it
+            except anyio.WouldBlock:
+                self._waiting += 1
+                try:
+                    await room.acquire()
+                finally:
+                    self._waiting -= 1
+            if self._state == _CLOSED:
+                room.release()
+                raise DispatcherClosed(f"{self!r} closed while send_later() waited for room")
+        self._spawn(signal, sender, kwargs)
+
+    def _spawn(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        self.pending += 1
+        self.submitted += 1
+        if self.pending > self.peak_pending:
+            self.peak_pending = self.pending
+        # Both ways of starting a task copy the caller's context: receivers see its variables.
+        if self._aloop is not None:
+            task = self._aloop.create_task(self._run(signal, sender, kwargs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._nursery.start_soon(self._run_shielded, signal, sender, kwargs)
+
+    async def _run_shielded(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        # A trio nursery's children are cancelled with the scope around the `async with`;
+        # asyncio tasks are not. Shield each send so both backends drain alike; the drain
+        # deadline cancels these scopes.
+        with self._trio_scope(shield=True) as scope:
+            self._scopes.add(scope)
+            try:
+                await self._run(signal, sender, kwargs)
+            finally:
+                self._scopes.discard(scope)
+
+    async def _run(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        _current.set(self)  # chained sends from receivers come back here
+        try:
+            await signal.send_robust(sender, **kwargs)
+        except self._cancelled:
+            self._log_cancelled(signal, sender)
+            raise
+        except Exception:
+            logger.exception(
+                "asignals: background send of %r (sender=%r) failed outside any receiver",
+                signal,
+                sender,
+            )
+        finally:
+            self.pending -= 1
+            if self._room is not None:
+                self._room.release()
+            if self.pending == 0 and self._waiting == 0 and self._state != _OPEN:
+                assert self._idle is not None
+                self._idle.set()
+
+    def _log_cancelled(self, signal: AsyncSignal, sender: Any) -> None:
+        try:
+            names = ", ".join(describe(r) for r in signal.receivers_for(sender)) or "none"
+        except Exception:
+            names = "unknown"
+        why = (
+            f"at the drain deadline ({self.drain_timeout}s)"
+            if self._deadline_passed
+            else "before it finished (the dispatcher was cancelled)"
+        )
+        logger.error(
+            "asignals: background send of %r (sender=%r) cancelled %s; receivers: %s",
+            signal,
+            sender,
+            why,
+            names,
+        )
+
+
+def dispatcher(
+    *, max_pending: int | None = DEFAULT_MAX_PENDING, drain_timeout: float | None = None
+) -> Dispatcher:
+    """The supervisor of background sends, as an async context manager.
+
+    ``async with asignals.dispatcher():`` makes ``sig.send_nowait(...)`` work inside the block
+    and from any task on the same event loop; leaving the block, normally or with an exception,
+    waits for every pending send. ``max_pending`` bounds the sends scheduled and not finished
+    (``send_nowait`` raises :class:`BacklogFull` past it; ``send_later`` waits; ``None`` means
+    unbounded). ``drain_timeout`` (seconds) bounds the wait on exit: sends still running then
+    are cancelled and each is logged.
+    """
+    return Dispatcher(max_pending=max_pending, drain_timeout=drain_timeout)
+
+
+def current_dispatcher() -> Dispatcher | None:
+    """The dispatcher ``send_nowait`` would use here, or None (also None while it drains)."""
+    try:
+        found = _find()
+    except RuntimeError:
+        return None
+    return found if found._state == _OPEN else None
+
+
+def _find() -> Dispatcher:
+    loop = _loop_key()
+    found = _current.get()
+    if found is not None and found._state in (_OPEN, _CLOSING) and found._loop is loop:
+        return found
+    if loop is None:
+        raise RuntimeError(_NO_LOOP)
+    stack = _by_loop.get(loop)
+    if not stack:
+        raise RuntimeError(_NO_DISPATCHER)
+    found = stack[0]
+    if found._state != _OPEN:
+        found._check_accepting()
+    return found
+
 
 def submit(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
     """Schedule ``signal.send_robust(sender, **kwargs)`` on the current dispatcher."""
-    raise RuntimeError(
-        "send_nowait() needs a running dispatcher: wrap your program in "
-        "`async with asignals.dispatcher():` (or use the FastAPI/Starlette lifespan)"
-    )
+    _find().submit(signal, sender, kwargs)
 
 
 async def submit_wait(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
     """Like :func:`submit`, but wait for room when the backlog is full."""
-    submit(signal, sender, kwargs)
+    await _find().submit_wait(signal, sender, kwargs)

@@ -339,9 +339,14 @@ class AsyncSignal:
         self._silent = not self._entries or self._muted > 0
 
     def _forget_dead(self) -> None:
-        """Weak-reference callback: a receiver or a sender died. May run in any thread."""
+        """Weak-reference callback: a receiver or a sender died. May run in any thread.
+
+        It runs in the middle of anything (garbage collection), so it takes no lock and only
+        drops the caches; the dead entry is pruned by the next mutation or cache miss.
+        """
         self._dead = True
-        self._reset_caches()
+        self._value_cache = {}
+        self._id_cache = _IdCache()
 
     def _prune(self) -> None:
         # Never block a send: if a mutation holds the lock, it prunes for us.
