@@ -6,18 +6,20 @@ rows as soon as one receiver needs awaiting.
 The default strategy is built around one observation: most async receivers finish without
 ever suspending, and a task per receiver (``gather``, a TaskGroup, even an eager task) costs
 several times the receiver itself. So a *driver* works through the rows with ``yield from``,
-which runs each coroutine at the cost of a plain ``await``. Only when a receiver really
-suspends does the driver hand the rows after it to a new task, and carry on with the
-suspended receiver in the task it started in, so ``current_task()``, cancel scopes and
-``asyncio.timeout`` always belong to the task the receiver runs in:
+which runs a coroutine at the cost of a plain ``await``. Only when a receiver really suspends
+does the driver start the receivers after it, each in its own task (as ``gather`` would), and
+carry on with the suspended one in the task it started in, so ``current_task()``, cancel
+scopes and ``asyncio.timeout`` always belong to the task the receiver runs in:
 
-- asyncio: the first driver runs in the sending task itself (no task at all if nothing
-  suspends); on Python 3.12+ the tasks for the rest start eagerly, so they too run their
-  non-suspending receivers at once. On 3.11, which has no eager tasks, each receiver after the
-  first suspension gets its own task, so that they all start on the next loop iteration.
-- trio: the drivers run in tasks of an AnyIO task group (trio has no eager start).
+- asyncio: the driver runs in the sending task itself, so a send whose receivers never
+  suspend creates no task at all. On Python 3.12+ the tasks start eagerly.
+- trio: the driver runs in a task of an AnyIO task group (trio has no eager start, and its
+  primitives bind to the current task before they suspend).
 - ``timeout`` / ``max_concurrency``: one AnyIO task per receiver, each with its deadline and
   limiter. ``concurrent=False``: receivers awaited one by one, in connection order.
+
+Context variables follow Django 5.1+: receivers share the caller's context, those in tasks
+through one shared copy that is copied back into the caller's context when the send returns.
 
 Failure semantics are ``asyncio.TaskGroup``'s everywhere: the first failure cancels the
 receivers still running, and every failure is raised together in an ``ExceptionGroup``.
@@ -38,7 +40,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from ._receivers import ASYNC, THREAD, Row, _Entry
+from ._receivers import ASYNC, INLINE, THREAD, Row, _Entry
 
 if TYPE_CHECKING:
     from .signal import AsyncSignal
@@ -52,16 +54,26 @@ _EAGER = sys.version_info >= (3, 12)
 
 _COROUTINE = types.CoroutineType
 _PENDING: Any = (None, None)  # a result slot whose receiver is still running
+_UNSET: Any = object()
 
 
 def _start_task(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    context: contextvars.Context,
 ) -> asyncio.Task[Any]:
     if _EAGER:
         # The task's first step runs now, inside the task (as with eager_task_factory, but
         # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-    return loop.create_task(coro)
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coro, context=context)
+
+
+def _restore(context: contextvars.Context) -> None:
+    """Copy what receivers set in ``context`` into the current one (asgiref's way)."""
+    for var, value in context.items():
+        if var.get(_UNSET) is not value:
+            var.set(value)
 
 
 def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseException) -> None:
@@ -106,6 +118,7 @@ class _Batch:
         "results",
         "robust",
         "rows",
+        "shared",
         "signal",
         "task_group",
         "tasks",
@@ -138,6 +151,9 @@ class _Batch:
         self.loop = loop
         self.parent = parent
         self.task_group = task_group
+        # The context every task of this send runs in: one copy of the caller's, shared, and
+        # copied back into the caller's when the send returns (Django's semantics).
+        self.shared = contextvars.copy_context()
         self.failures: list[BaseException] = []
         self.tasks: list[asyncio.Task[Any]] = []
         self.pending = 0
@@ -224,11 +240,14 @@ def _split(batch: _Batch) -> None:
         try:
             if mode == THREAD:
                 value = _in_thread(fn, named, False)
+            elif batch.task_group is None:
+                # asyncio: this runs in the sending task, outside the shared context
+                value = batch.shared.run(fn, **named)
             else:
-                value = fn(**named)
-                if mode != ASYNC and (value is None or not hasattr(type(value), "__await__")):
-                    results.append((fn, value))
-                    continue
+                value = fn(**named)  # trio: the driver task already runs in it
+            if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
+                results.append((fn, value))
+                continue
         except Exception as exc:
             if not batch.robust:
                 batch.fail(exc)
@@ -239,10 +258,12 @@ def _split(batch: _Batch) -> None:
         slot = len(results)
         results.append(_PENDING)
         if batch.task_group is not None:
-            batch.task_group.start_soon(_await_one, batch, slot, fn, entry, value)
+            batch.task_group.start_soon(
+                _run_in, _await_one(batch, slot, fn, entry, value), batch.shared
+            )
             continue
         assert batch.loop is not None
-        task = _start_task(batch.loop, _as_coroutine(value))
+        task = _start_task(batch.loop, _as_coroutine(value), batch.shared)
         if task.done():  # an eager task that ran to the end already
             batch.settle(slot, fn, entry, task)
             continue
@@ -298,8 +319,8 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
 
 @types.coroutine
 def _resume(
-    gen: Generator[Any, Any, None], value: Any, context: contextvars.Context | None
-) -> Generator[Any, Any, None]:
+    gen: Generator[Any, Any, Any], value: Any, context: contextvars.Context | None
+) -> Generator[Any, Any, Any]:
     """Carry on stepping ``gen``, which has just yielded ``value`` (in ``context``, if given)."""
     while True:
         try:
@@ -307,13 +328,22 @@ def _resume(
         except BaseException as exc:
             try:
                 value = gen.throw(exc) if context is None else context.run(gen.throw, exc)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value
         else:
             try:
                 value = gen.send(sent) if context is None else context.run(gen.send, sent)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> Any:
+    """Run ``coro`` inside ``context``: AnyIO's ``start_soon`` takes no context argument."""
+    try:
+        value = context.run(coro.send, None)
+    except StopIteration as stop:
+        return stop.value
+    return await _resume(coro, value, context)  # type: ignore[arg-type]
 
 
 async def _driver_task(batch: _Batch) -> None:
@@ -355,15 +385,18 @@ async def run(
     batch = _Batch(signal, rows, start, named, robust, results)
     loop = asyncio.events._get_running_loop()
     if loop is None:  # trio
-        async with anyio.create_task_group() as task_group:
-            batch.prepare(None, None, task_group)
-            task_group.start_soon(_driver_task, batch)
+        try:
+            async with anyio.create_task_group() as task_group:
+                batch.prepare(None, None, task_group)
+                task_group.start_soon(_run_in, _driver_task(batch), batch.shared)
+        finally:
+            _restore(batch.shared)
         return results
 
+    # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
-    context = contextvars.copy_context()  # receivers must not change the caller's context
     try:
-        value = context.run(driver.send, None)
+        value = driver.send(None)
     except StopIteration:
         return results  # nothing suspended: no task was needed
     except Exception as exc:
@@ -373,23 +406,28 @@ async def run(
     caught = False
     try:
         _split(batch)
-        await _resume(driver, value, context)
+        # From here on the held receiver runs in the shared context too: it was copied from
+        # the caller's after the driver ran, so it holds everything set so far.
+        await _resume(driver, value, batch.shared)
     except asyncio.CancelledError:
         caught = True
     except Exception as exc:
         batch.fail(exc)
     finally:
         batch.parent_busy = False
-    # A cancellation is the caller's unless we asked for it because a receiver failed (and,
-    # as in asyncio.TaskGroup, uncancel() tells whether someone else asked too).
-    external = caught and not batch.ours
-    if batch.ours and batch.parent is not None and batch.parent.uncancel() > 0:
-        external = True
-    if external:
-        batch.cancel_all()
+    try:
+        # A cancellation is the caller's unless we asked for it because a receiver failed
+        # (and, as in asyncio.TaskGroup, uncancel() tells whether someone else asked too).
+        external = caught and not batch.ours
+        if batch.ours and batch.parent is not None and batch.parent.uncancel() > 0:
+            external = True
+        if external:
+            batch.cancel_all()
+            await batch.wait()
+            raise asyncio.CancelledError
         await batch.wait()
-        raise asyncio.CancelledError
-    await batch.wait()
+    finally:
+        _restore(batch.shared)
     if batch.failures:
         raise _group(signal, batch.failures)
     return results
@@ -467,21 +505,25 @@ async def _run_bounded(
                 awaitable.close()  # cancelled while waiting for the limiter
         results[slot] = (results[slot][0], value)
 
-    async with anyio.create_task_group() as tg:
-        for get, mode, entry in rows[start:]:
-            fn = get()
-            if fn is None:
-                continue
-            try:
-                value = _call(fn, mode, named, timeout)
-            except Exception as exc:
-                if not robust:
-                    raise
-                log_failure(signal, entry, named["sender"], exc)
-                value = exc
-            if value is not None and hasattr(type(value), "__await__"):
-                results.append((fn, None))
-                tg.start_soon(guarded, len(results) - 1, entry, value)
-            else:
-                results.append((fn, value))
+    shared = contextvars.copy_context()
+    try:
+        async with anyio.create_task_group() as tg:
+            for get, mode, entry in rows[start:]:
+                fn = get()
+                if fn is None:
+                    continue
+                try:
+                    value = shared.run(_call, fn, mode, named, timeout)
+                except Exception as exc:
+                    if not robust:
+                        raise
+                    log_failure(signal, entry, named["sender"], exc)
+                    value = exc
+                if value is not None and hasattr(type(value), "__await__"):
+                    results.append((fn, None))
+                    tg.start_soon(_run_in, guarded(len(results) - 1, entry, value), shared)
+                else:
+                    results.append((fn, value))
+    finally:
+        _restore(shared)
     return results

@@ -172,8 +172,35 @@ async def test_contextvars_of_the_caller_are_visible() -> None:
     sig.connect(async_r)
     var.set("request-42")
     assert [r for _, r in await sig.send(None)] == ["request-42", "request-42"]
-    # A concurrent async receiver's own changes stay in its task.
-    assert var.get() == "request-42"
+    # As in Django 5.1+: receivers share the caller's context, and what they set is visible
+    # to the caller once the send returns.
+    assert var.get() == "changed by receiver"
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": 5}, {"concurrent": False}])
+async def test_receivers_share_one_context_as_in_django(options: dict[str, Any]) -> None:
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("counter")
+    sig = AsyncSignal()
+    seen: list[int] = []
+
+    async def bump(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0)  # suspend first, so each runs in a task
+        value = var.get() + 1
+        var.set(value)
+        seen.append(value)
+
+    def sync_bump(sender: Any, **kw: Any) -> None:
+        value = var.get() + 1
+        var.set(value)
+        seen.append(value)
+
+    receivers = [functools.partial(bump), functools.partial(bump), sync_bump]
+    for fn in receivers:
+        sig.connect(fn, weak=False)
+    var.set(1)
+    await sig.send(None, **options)
+    assert sorted(seen) == [2, 3, 4]
+    assert var.get() == 4
 
 
 # -- sender filtering -----------------------------------------------------------------------
