@@ -412,6 +412,7 @@ async def run(
     except asyncio.CancelledError:
         caught = True
     except Exception as exc:
+        batch.parent_busy = False  # fail() must not cancel the task that is running it
         batch.fail(exc)
     finally:
         batch.parent_busy = False

@@ -790,6 +790,28 @@ async def test_a_failure_in_one_task_cancels_receivers_in_the_others() -> None:
     await anyio.sleep(0)  # the sender is usable afterwards: our cancellation was undone
 
 
+@pytest.mark.parametrize("position", [0, 1])
+async def test_sender_is_usable_after_a_receiver_failed_after_suspending(position: int) -> None:
+    sig = AsyncSignal()
+
+    async def fails(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0)
+        raise ValueError("after suspending")
+
+    async def waits(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0.01)
+
+    receivers: list[Any] = [waits]
+    receivers.insert(position, fails)
+    for fn in receivers:
+        sig.connect(fn)
+    with pytest.raises(ExceptionGroup):
+        await sig.send(None)
+    with anyio.fail_after(1):
+        await anyio.sleep(0.01)  # no cancellation left pending on the sending task
+    assert await sig.send_robust("other") != []
+
+
 async def test_suspending_receivers_start_together() -> None:
     sig = AsyncSignal()
 
