@@ -1,0 +1,550 @@
+"""Model signals from real SQLAlchemy ``AsyncSession`` flushes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+from sqlalchemy import Column, ForeignKey, String, Table, delete, func, insert, select, update
+from sqlalchemy.exc import PendingRollbackError
+from sqlalchemy.ext.asyncio import (
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from asignals import AsyncSignal
+from asignals.contrib import sqlalchemy as adapter
+from asignals.signals import (
+    m2m_changed,
+    post_bulk,
+    post_delete,
+    post_save,
+    pre_bulk,
+    pre_delete,
+    pre_save,
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # SQLAlchemy's asyncio extension runs on asyncio only
+
+
+# -- models: a fresh set of tables per test, so PostgreSQL runs never collide -------------------
+
+
+def make_models(suffix: str) -> SimpleNamespace:
+    class Base(DeclarativeBase):
+        pass
+
+    book_tags = Table(
+        f"book_tags_{suffix}",
+        Base.metadata,
+        Column("book_id", ForeignKey(f"book_{suffix}.id", ondelete="CASCADE"), primary_key=True),
+        Column("tag_id", ForeignKey(f"tag_{suffix}.id", ondelete="CASCADE"), primary_key=True),
+    )
+
+    class Author(Base):
+        __tablename__ = f"author_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+        email: Mapped[str | None] = mapped_column(String(80), default=None)
+        books: Mapped[list[Book]] = relationship(
+            back_populates="author", cascade="all, delete-orphan", lazy="selectin"
+        )
+
+    class Book(Base):
+        __tablename__ = f"book_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(50))
+        author_id: Mapped[int | None] = mapped_column(ForeignKey(f"author_{suffix}.id"))
+        author: Mapped[Author | None] = relationship(back_populates="books", lazy="selectin")
+        tags: Mapped[list[Tag]] = relationship(
+            secondary=book_tags, back_populates="books", lazy="selectin"
+        )
+
+    class Tag(Base):
+        __tablename__ = f"tag_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+        books: Mapped[list[Book]] = relationship(
+            secondary=book_tags, back_populates="tags", lazy="selectin"
+        )
+
+    class Employee(Base):
+        __tablename__ = f"employee_{suffix}"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+        kind: Mapped[str] = mapped_column(String(20))
+        __mapper_args__: ClassVar[dict[str, Any]] = {
+            "polymorphic_on": "kind",
+            "polymorphic_identity": "employee",
+        }
+
+    class Manager(Employee):
+        __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
+
+    return SimpleNamespace(
+        Base=Base,
+        Author=Author,
+        Book=Book,
+        Tag=Tag,
+        book_tags=book_tags,
+        Employee=Employee,
+        Manager=Manager,
+    )
+
+
+@dataclass
+class DB:
+    maker: async_sessionmaker[AsyncSession]
+    m: SimpleNamespace
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DB]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    models = make_models(uuid.uuid4().hex[:10])
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(models.Base.metadata.create_all)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    adapter.install(maker)
+    try:
+        yield DB(maker, models)
+    finally:
+        adapter.uninstall(maker)
+        async with engine.begin() as conn:
+            await conn.run_sync(models.Base.metadata.drop_all)
+        await engine.dispose()
+
+
+@dataclass
+class Call:
+    signal: str
+    sender: Any
+    kwargs: dict[str, Any]
+
+
+class Recorder:
+    """Connects to signals strongly and records every call in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._connected: list[tuple[AsyncSignal, Any, Any]] = []
+
+    def watch(self, *sigs: AsyncSignal, sender: Any = None) -> None:
+        for sig in sigs:
+
+            def record(sender: Any, signal: AsyncSignal, **kwargs: Any) -> None:
+                self.calls.append(Call(signal.name, sender, kwargs))  # type: ignore[attr-defined]
+
+            sig.connect(record, sender=sender, weak=False)
+            self._connected.append((sig, record, sender))
+
+    def named(self, name: str) -> list[Call]:
+        return [c for c in self.calls if c.signal == name]
+
+    def close(self) -> None:
+        for sig, fn, sender in self._connected:
+            sig.disconnect(fn, sender=sender)
+
+
+@pytest.fixture
+def rec() -> Iterator[Recorder]:
+    recorder = Recorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def connect() -> Iterator[Any]:
+    """connect(signal, fn, sender=None) for the test's lifetime (strong reference)."""
+    made: list[tuple[AsyncSignal, Any, Any]] = []
+
+    def _connect(sig: AsyncSignal, fn: Any, sender: Any = None) -> None:
+        sig.connect(fn, sender=sender, weak=False)
+        made.append((sig, fn, sender))
+
+    yield _connect
+    for sig, fn, sender in made:
+        sig.disconnect(fn, sender=sender)
+
+
+async def count(db: DB, model: Any) -> int:
+    async with db.maker() as s:
+        return int(await s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+# -- saves ------------------------------------------------------------------------------------
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_create_sends_pre_and_post_save(db: DB, rec: Recorder) -> None:
+    rec.watch(pre_save, post_save)
+    async with db.maker() as s:
+        author = db.m.Author(name="Ann")
+        s.add(author)
+        await s.commit()
+    assert [c.signal for c in rec.calls] == ["pre_save", "post_save"]
+    pre, post = rec.calls
+    assert pre.sender is db.m.Author and post.sender is db.m.Author
+    assert pre.kwargs["instance"] is author and pre.kwargs["created"] is True
+    assert post.kwargs["created"] is True and post.kwargs["update_fields"] is None
+    assert post.kwargs["raw"] is False
+    assert isinstance(post.kwargs["using"], AsyncSession)
+    assert isinstance(author.id, int)
+
+
+async def test_async_pre_save_receiver_changes_instance_before_write(db: DB, connect: Any) -> None:
+    async def fill_email(sender: Any, instance: Any, **kwargs: Any) -> None:
+        await anyio.sleep(0.01)  # real awaiting inside the flush
+        if instance.email is None:
+            instance.email = f"{instance.name.lower()}@example.org"
+
+    connect(pre_save, fill_email, db.m.Author)
+    async with db.maker() as s:
+        s.add(db.m.Author(name="Bea"))
+        await s.commit()
+    async with db.maker() as s:
+        stored = await s.scalar(select(db.m.Author.email))
+    assert stored == "bea@example.org"
+
+
+async def test_post_save_receiver_queries_the_same_transaction(db: DB, connect: Any) -> None:
+    seen: list[int] = []
+
+    async def count_rows(sender: Any, instance: Any, using: AsyncSession, **kw: Any) -> None:
+        seen.append(int(await using.scalar(select(func.count(db.m.Author.id))) or 0))
+
+    connect(post_save, count_rows, db.m.Author)
+    async with db.maker() as s, s.begin():
+        s.add_all([db.m.Author(name="A"), db.m.Author(name="B")])
+    assert seen == [2, 2]  # both rows visible from inside the flush, before COMMIT
+
+
+async def test_update_reports_changed_columns(db: DB, rec: Recorder) -> None:
+    async with db.maker() as s:
+        author, other = db.m.Author(name="Cy"), db.m.Author(name="Di")
+        book = db.m.Book(title="T", author=author)
+        s.add_all([author, other, book])
+        await s.commit()
+        rec.watch(pre_save, post_save)
+        author.name = "Cyd"
+        book.author = other
+        book.title = "T2"
+        await s.commit()
+    by_instance = {id(c.kwargs["instance"]): c for c in rec.named("post_save")}
+    assert len(rec.named("pre_save")) == 2 and len(by_instance) == 2
+    assert by_instance[id(author)].kwargs["update_fields"] == frozenset({"name"})
+    assert by_instance[id(author)].kwargs["created"] is False
+    assert by_instance[id(book)].kwargs["update_fields"] == frozenset({"title", "author_id"})
+    assert other not in [c.kwargs["instance"] for c in rec.calls]  # unchanged: no signal
+
+
+async def test_many_objects_in_one_flush(db: DB, rec: Recorder) -> None:
+    rec.watch(pre_save, post_save)
+    authors = [db.m.Author(name=f"n{i}") for i in range(300)]
+    async with db.maker() as s:
+        s.add_all(authors)
+        await s.commit()
+    assert [c.kwargs["instance"] for c in rec.named("pre_save")] == authors
+    posts = rec.named("post_save")
+    assert [c.kwargs["instance"] for c in posts] == authors
+    assert all(c.kwargs["created"] for c in posts)
+    assert len({c.kwargs["instance"].id for c in posts}) == 300
+    assert await count(db, db.m.Author) == 300
+
+
+async def test_objects_added_by_a_pre_save_receiver_get_their_own_signals(
+    db: DB, rec: Recorder, connect: Any
+) -> None:
+    def add_first_book(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        if created:
+            instance.books.append(db.m.Book(title=f"{instance.name}'s first"))
+
+    connect(pre_save, add_first_book, db.m.Author)
+    rec.watch(post_save, sender=db.m.Book)
+    async with db.maker() as s:
+        s.add(db.m.Author(name="Eve"))
+        await s.commit()
+    assert [c.kwargs["instance"].title for c in rec.calls] == ["Eve's first"]
+    assert await count(db, db.m.Book) == 1
+
+
+# -- deletes ----------------------------------------------------------------------------------
+
+
+async def test_delete_cascade_and_orphan(db: DB, rec: Recorder) -> None:
+    async with db.maker() as s:
+        author = db.m.Author(name="Fay", books=[db.m.Book(title=t) for t in "abc"])
+        s.add(author)
+        await s.commit()
+        a, b, c = author.books
+        rec.watch(pre_save, pre_delete, post_delete)
+        author.books.remove(a)  # delete-orphan
+        await s.commit()
+        assert [(x.signal, x.kwargs["instance"]) for x in rec.calls] == [
+            ("pre_delete", a),
+            ("post_delete", a),
+        ]
+        rec.calls.clear()
+        await s.delete(author)  # cascades to b and c
+        await s.commit()
+    pre = {c.kwargs["instance"] for c in rec.named("pre_delete")}
+    post = {c.kwargs["instance"] for c in rec.named("post_delete")}
+    assert pre == post == {author, b, c}
+    assert not rec.named("pre_save")
+    assert {c.sender for c in rec.named("post_delete")} == {db.m.Author, db.m.Book}
+    assert await count(db, db.m.Book) == 0 and await count(db, db.m.Author) == 0
+
+
+# -- many-to-many -----------------------------------------------------------------------------
+
+
+async def test_m2m_add_remove_clear(db: DB, rec: Recorder) -> None:
+    async with db.maker() as s:
+        t1, t2, t3 = (db.m.Tag(name=n) for n in ("x", "y", "z"))
+        s.add_all([t1, t2, t3])
+        await s.commit()
+        rec.watch(m2m_changed)
+        book = db.m.Book(title="M", tags=[t1, t2])
+        s.add(book)
+        await s.commit()
+        book.tags.remove(t1)
+        await s.commit()
+        await s.refresh(t3, ["books"])
+        t3.books.append(book)  # through the reverse side; both sides are loaded
+        await s.commit()
+        book.tags.clear()
+        await s.commit()
+    actions = [(c.kwargs["action"], c.kwargs["pk_set"]) for c in rec.calls]
+    assert actions == [
+        ("pre_add", {t1.id, t2.id}),
+        ("post_add", {t1.id, t2.id}),
+        ("pre_remove", {t1.id}),
+        ("post_remove", {t1.id}),
+        ("pre_add", {t3.id}),
+        ("post_add", {t3.id}),
+        ("pre_clear", None),
+        ("post_clear", None),
+    ]
+    for call in rec.calls:
+        assert call.sender is db.m.book_tags
+        assert call.kwargs["instance"] is book
+        assert call.kwargs["model"] is db.m.Tag
+        assert call.kwargs["reverse"] is False
+    async with db.maker() as s:
+        assert await s.scalar(select(func.count()).select_from(db.m.book_tags)) == 0
+
+
+async def test_m2m_reverse_side_when_the_forward_side_is_not_loaded(db: DB, rec: Recorder) -> None:
+    async with db.maker() as s:
+        s.add_all([db.m.Book(title="R"), db.m.Tag(name="r")])
+        await s.commit()
+    async with db.maker() as s:
+        tag = await s.scalar(select(db.m.Tag))
+        book_id = await s.scalar(select(db.m.Book.id))
+        rec.watch(m2m_changed)
+        book = await s.get(db.m.Book, book_id, options=[])
+        s.expire(book, ["tags"])  # the forward collection is not loaded
+        tag.books.append(book)
+        await s.commit()
+    assert [(c.kwargs["action"], c.kwargs["reverse"]) for c in rec.calls] == [
+        ("pre_add", True),
+        ("post_add", True),
+    ]
+    assert rec.calls[1].kwargs["instance"] is tag and rec.calls[1].kwargs["model"] is db.m.Book
+    assert rec.calls[1].kwargs["pk_set"] == {book_id}
+
+
+# -- errors and transactions ------------------------------------------------------------------
+
+
+async def test_failing_pre_save_rolls_back_the_transaction(
+    db: DB, rec: Recorder, connect: Any
+) -> None:
+    async def refuse(sender: Any, instance: Any, **kwargs: Any) -> None:
+        await anyio.sleep(0)
+        if instance.name == "bad":
+            raise ValueError("no bad names")
+
+    connect(pre_save, refuse, db.m.Author)
+    rec.watch(post_save)
+    async with db.maker() as s:
+        s.add(db.m.Author(name="good"))
+        await s.flush()  # written inside the transaction
+        s.add(db.m.Author(name="bad"))
+        with pytest.raises(ExceptionGroup) as caught:
+            await s.commit()
+        assert caught.group_contains(ValueError, match="no bad names")
+        with pytest.raises(PendingRollbackError, match="rolled back"):
+            await s.execute(select(db.m.Author))  # SQLAlchemy's own failed-flush state
+        await s.rollback()
+        assert not s.new  # the session is usable again
+    assert await count(db, db.m.Author) == 0  # the earlier flush was rolled back too
+    assert [c.kwargs["instance"].name for c in rec.calls] == ["good"]  # the "bad" never saved
+
+
+async def test_failing_pre_delete_keeps_the_row(db: DB, connect: Any) -> None:
+    def refuse(sender: Any, **kwargs: Any) -> None:
+        raise PermissionError("keep it")
+
+    async with db.maker() as s:
+        s.add(db.m.Author(name="kept"))
+        await s.commit()
+    connect(pre_delete, refuse, db.m.Author)
+    async with db.maker() as s:
+        author = await s.scalar(select(db.m.Author))
+        await s.delete(author)
+        with pytest.raises(ExceptionGroup):
+            await s.commit()
+    assert await count(db, db.m.Author) == 1
+
+
+async def test_post_save_deferred_until_commit_and_dropped_on_rollback(
+    db: DB, rec: Recorder
+) -> None:
+    adapter.install(db.maker, defer_post_until_commit=True)
+    rec.watch(post_save, post_delete)
+    async with db.maker() as s:
+        s.add(db.m.Author(name="later"))
+        await s.flush()
+        assert rec.calls == []  # flushed, not committed
+        await s.commit()
+        assert [c.kwargs["instance"].name for c in rec.calls] == ["later"]
+
+        rec.calls.clear()
+        s.add(db.m.Author(name="never"))
+        await s.flush()
+        await s.rollback()
+        assert rec.calls == []
+
+        nested = await s.begin_nested()
+        s.add(db.m.Author(name="savepoint-dropped"))
+        await s.flush()
+        await nested.rollback()
+        async with s.begin_nested():
+            s.add(db.m.Author(name="savepoint-kept"))
+        assert rec.calls == []
+        await s.commit()
+    assert [c.kwargs["instance"].name for c in rec.calls] == ["savepoint-kept"]
+    assert await count(db, db.m.Author) == 2
+
+
+async def test_deferred_receiver_error_is_raised_after_commit(db: DB, connect: Any) -> None:
+    def boom(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("after commit")
+
+    adapter.install(db.maker, defer_post_until_commit=True)
+    connect(post_save, boom, db.m.Author)
+    async with db.maker() as s:
+        s.add(db.m.Author(name="committed"))
+        with pytest.raises(ExceptionGroup) as caught:
+            await s.commit()
+        assert caught.group_contains(RuntimeError, match="after commit")
+        s.add(db.m.Author(name="again"))  # the session carries on
+    assert await count(db, db.m.Author) == 1
+
+
+# -- senders ----------------------------------------------------------------------------------
+
+
+async def test_receivers_for_one_model_do_not_fire_for_another(db: DB, rec: Recorder) -> None:
+    rec.watch(post_save, sender=db.m.Book)
+    async with db.maker() as s:
+        s.add(db.m.Author(name="not a book"))
+        s.add(db.m.Tag(name="nor this"))
+        await s.commit()
+        assert rec.calls == []
+        s.add(db.m.Book(title="a book"))
+        await s.commit()
+    assert [c.sender for c in rec.calls] == [db.m.Book]
+
+
+async def test_sender_is_the_instance_own_class_under_inheritance(db: DB) -> None:
+    base, sub = Recorder(), Recorder()
+    base.watch(post_save, sender=db.m.Employee)
+    sub.watch(post_save, sender=db.m.Manager)
+    try:
+        async with db.maker() as s:
+            s.add_all([db.m.Employee(name="e"), db.m.Manager(name="m")])
+            await s.commit()
+    finally:
+        base.close()
+        sub.close()
+    assert [c.kwargs["instance"].name for c in base.calls] == ["e"]
+    assert [c.kwargs["instance"].name for c in sub.calls] == ["m"]
+    assert sub.calls[0].sender is db.m.Manager
+
+
+async def test_sessions_outside_the_installed_factory_send_nothing(db: DB, rec: Recorder) -> None:
+    other = async_sessionmaker(db.maker.kw["bind"], expire_on_commit=False)
+    rec.watch(pre_save, post_save)
+    async with other() as s:
+        s.add(db.m.Author(name="quiet"))
+        await s.commit()
+    assert rec.calls == []
+
+
+# -- bulk statements --------------------------------------------------------------------------
+
+
+async def test_bulk_statements_send_bulk_signals(db: DB, rec: Recorder) -> None:
+    A = db.m.Author
+    rec.watch(pre_bulk, post_bulk, post_save)
+    async with db.maker() as s:
+        await s.execute(insert(A), [{"id": i, "name": f"b{i}"} for i in (101, 102, 103)])
+        ids = (await s.scalars(insert(A).returning(A.id), [{"name": "r1"}, {"name": "r2"}])).all()
+        await s.execute(update(A).where(A.name.in_(["b101", "b102"])).values(email="x@y"))
+        await s.execute(update(A), [{"id": 103, "name": "b103!"}])
+        await s.execute(delete(A).where(A.id == 101))
+        await s.commit()
+    assert not rec.named("post_save")  # no per-object events for bulk statements
+    post = [(c.sender, c.kwargs["kind"], c.kwargs["pk_set"]) for c in rec.named("post_bulk")]
+    assert post == [
+        (A, "insert", frozenset({101, 102, 103})),
+        (A, "insert", frozenset(ids)),
+        (A, "update", frozenset({101, 102})),
+        (A, "update", frozenset({103})),
+        (A, "delete", frozenset({101})),
+    ]
+    assert len(ids) == 2  # the caller's RETURNING rows are intact
+    assert [c.kwargs["kind"] for c in rec.named("pre_bulk")] == [k for _, k, _ in post]
+    async with db.maker() as s:
+        assert await s.scalar(select(A.name).where(A.id == 103)) == "b103!"
+    assert await count(db, A) == 4
+
+
+async def test_bulk_insert_without_keys_reports_none(db: DB, rec: Recorder) -> None:
+    rec.watch(post_bulk, sender=db.m.Tag)
+    async with db.maker() as s:
+        await s.execute(insert(db.m.Tag), [{"name": "p"}, {"name": "q"}])
+        await s.commit()
+    assert [c.kwargs["pk_set"] for c in rec.calls] == [None]
+    assert await count(db, db.m.Tag) == 2
+
+
+# -- installing -------------------------------------------------------------------------------
+
+
+def test_install_rejects_what_it_cannot_scope() -> None:
+    with pytest.raises(TypeError, match="got 42"):
+        adapter.install(42)
+    with pytest.raises(TypeError, match="defer_post_until_commit"):
+        adapter.install(None, defer_post_until_commit="yes")
+    assert adapter.uninstall(object()) is False
+    assert not adapter.installed(42)
