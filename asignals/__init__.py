@@ -1,8 +1,19 @@
 """asignals: Django-style signals for async Python (asyncio, uvloop and trio)."""
 
 from ._receivers import WeakReceiverWarning
+from .background import BacklogFull, Dispatcher, DispatcherClosed, dispatcher
 from .signal import ANY, AsyncSignal, receiver
 
 __version__ = "0.1.0"
 
-__all__ = ["ANY", "AsyncSignal", "WeakReceiverWarning", "__version__", "receiver"]
+__all__ = [
+    "ANY",
+    "AsyncSignal",
+    "BacklogFull",
+    "Dispatcher",
+    "DispatcherClosed",
+    "WeakReceiverWarning",
+    "__version__",
+    "dispatcher",
+    "receiver",
+]

@@ -13,8 +13,8 @@ scopes and ``asyncio.timeout`` always belong to the task the receiver runs in:
 
 - asyncio: the driver runs in the sending task itself, so a send whose receivers never
   suspend creates no task at all. On Python 3.12+ the tasks start eagerly.
-- trio: the driver runs in a task of an AnyIO task group (trio has no eager start, and its
-  primitives bind to the current task before they suspend).
+- trio: the same, inside an AnyIO task group opened before the driver starts (see
+  :func:`_run_trio`); after a suspension every later receiver gets a task.
 - ``timeout`` / ``max_concurrency``: one AnyIO task per receiver, each with its deadline and
   limiter. ``concurrent=False``: receivers awaited one by one, in connection order.
 
@@ -208,10 +208,12 @@ class _Batch:
             raise asyncio.CancelledError
 
 
-async def _await_one(batch: _Batch, slot: int, fn: Any, entry: _Entry, awaitable: Any) -> None:
+async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
     """A trio task for one receiver (asyncio tasks run the receiver's coroutine directly)."""
     try:
-        value = await awaitable
+        value = _call(fn, mode, batch.named, None)
+        if value is not None and hasattr(type(value), "__await__"):
+            value = await value
     except Exception as exc:
         if not batch.robust:
             raise
@@ -230,6 +232,7 @@ def _split(batch: _Batch) -> None:
     results = batch.results
     first = batch.next
     batch.end = first  # the driver stops after the receiver it is suspended in
+    task_group = batch.task_group
     for index in range(first, len(batch.rows)):
         if batch.failures:
             return
@@ -237,14 +240,18 @@ def _split(batch: _Batch) -> None:
         fn = get()
         if fn is None:
             continue
+        if task_group is not None:
+            # trio: no receiver may run before the suspended one's trap reaches trio (it
+            # has already registered the sending task to be woken), so every one gets a task.
+            slot = len(results)
+            results.append(_PENDING)
+            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared)
+            continue
         try:
             if mode == THREAD:
                 value = _in_thread(fn, named, False)
-            elif batch.task_group is None:
-                # asyncio: this runs in the sending task, outside the shared context
-                value = batch.shared.run(fn, **named)
             else:
-                value = fn(**named)  # trio: the driver task already runs in it
+                value = batch.shared.run(fn, **named)
             if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
                 results.append((fn, value))
                 continue
@@ -257,11 +264,6 @@ def _split(batch: _Batch) -> None:
             continue
         slot = len(results)
         results.append(_PENDING)
-        if batch.task_group is not None:
-            batch.task_group.start_soon(
-                _run_in, _await_one(batch, slot, fn, entry, value), batch.shared
-            )
-            continue
         assert batch.loop is not None
         task = _start_task(batch.loop, _as_coroutine(value), batch.shared)
         if task.done():  # an eager task that ran to the end already
@@ -346,24 +348,6 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
     return await _resume(coro, value, context)  # type: ignore[arg-type]
 
 
-async def _driver_task(batch: _Batch) -> None:
-    """trio: the driver runs in a task of the batch's task group."""
-    driver = _drive(batch)
-    try:
-        value = driver.send(None)
-    except StopIteration:
-        return
-    try:
-        _split(batch)
-    except BaseException:
-        driver.close()
-        raise
-    if batch.failures:
-        driver.close()
-        raise batch.failures[0]
-    await _resume(driver, value, None)
-
-
 async def run(
     signal: AsyncSignal,
     rows: tuple[Row, ...],
@@ -384,14 +368,8 @@ async def run(
         )
     batch = _Batch(signal, rows, start, named, robust, results)
     loop = asyncio.events._get_running_loop()
-    if loop is None:  # trio
-        try:
-            async with anyio.create_task_group() as task_group:
-                batch.prepare(None, None, task_group)
-                task_group.start_soon(_run_in, _driver_task(batch), batch.shared)
-        finally:
-            _restore(batch.shared)
-        return results
+    if loop is None:
+        return await _run_trio(batch)
 
     # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
@@ -432,6 +410,31 @@ async def run(
     if batch.failures:
         raise _group(signal, batch.failures)
     return results
+
+
+async def _run_trio(batch: _Batch) -> Results:
+    """trio: the driver runs in the sending task, inside a task group opened first.
+
+    The group cannot be opened lazily at the first suspension as on asyncio: the suspended
+    receiver may have entered a cancel scope, and trio requires scopes to close in the order
+    they opened.
+    """
+    driver = _drive(batch)
+    shared: contextvars.Context | None = None
+    try:
+        async with anyio.create_task_group() as task_group:
+            try:
+                value = driver.send(None)
+            except StopIteration:
+                return batch.results
+            batch.prepare(None, None, task_group)
+            shared = batch.shared
+            _split(batch)
+            await _resume(driver, value, shared)
+    finally:
+        if shared is not None:
+            _restore(shared)  # after the group: its tasks have all finished
+    return batch.results
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:

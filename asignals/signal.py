@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 from . import background, dispatch
 from ._receivers import (
+    ASYNC,
     VALUE_SENDER_TYPES,
     Row,
     _Entry,
@@ -180,12 +181,17 @@ def _make_send(robust: bool) -> Callable[..., Coroutine[Any, Any, Results]]:
             if fn is None:
                 index += 1
                 continue
-            if mode:
+            if mode and (mode != ASYNC or index + 1 < len(rows)):
                 return await dispatch.run(self, rows, index, results, named, robust)
             try:
-                result = fn(**named)
-                if result is not None and hasattr(type(result), "__await__"):
-                    result = await result
+                if mode:
+                    # The last receiver, and async: nothing after it could run concurrently,
+                    # so it is awaited right here, at the cost of a plain await.
+                    result = await fn(**named)
+                else:
+                    result = fn(**named)
+                    if result is not None and hasattr(type(result), "__await__"):
+                        result = await result
             except Exception as exc:
                 if not robust:
                     raise ExceptionGroup(f"a receiver of {self!r} raised", [exc]) from None

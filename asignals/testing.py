@@ -1,0 +1,282 @@
+"""Test helpers, and the pytest plugin (``pytest11`` entry point) that provides them as fixtures.
+
+``signal_recorder`` records every send of the signals you choose: the signal, the sender, the
+keyword arguments and the results (or the error the send raised), in the order the sends
+finished. It works for ``send``, ``send_robust`` and background sends (``send_nowait``,
+``send_later``, recorded when the dispatcher runs them), under pytest-asyncio, AnyIO's pytest
+plugin or no plugin at all: the fixture itself is synchronous.
+
+Why the recorder wraps the signal's ``send``/``send_robust`` instead of connecting a receiver:
+a receiver cannot see the other receivers' results, it shows up in ``has_listeners()`` and in
+those results, and it misses sends of a signal that is muted or has no receivers yet. The
+wrapper is an instance attribute put on the signal for the duration of the test and removed on
+teardown; the signal's behaviour is otherwise untouched.
+
+::
+
+    async def test_order_placed(signal_recorder):
+        signal_recorder.watch(order_placed)
+        await place_order(total=10)
+        signal_recorder.assert_sent(order_placed, sender=Order, total=10)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import math
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+import pytest
+
+from ._receivers import describe
+from .signal import AsyncSignal
+
+__all__ = ["SentSignal", "SignalRecorder", "signal_recorder"]
+
+_ANY: Final[Any] = object()  # "any sender" in the assertion helpers
+# Keywords of a send call that are not passed on to the receivers.
+_NOT_RECEIVER_KWARGS: Final = frozenset({"sender", "concurrent", "timeout", "max_concurrency"})
+
+# Set while a recorded send runs, so a send nested in it (none today) is not recorded twice.
+_recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "asignals_recording", default=False
+)
+
+
+@dataclass(frozen=True)
+class SentSignal:
+    """One recorded send. ``results`` is ``[(receiver, result), ...]`` as the send returned it,
+    or None when the send raised ``error``; ``robust`` tells ``send_robust`` from ``send``."""
+
+    signal: AsyncSignal
+    sender: Any
+    kwargs: dict[str, Any]
+    results: list[tuple[Any, Any]] | None
+    error: BaseException | None = None
+    robust: bool = False
+    receivers: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        head = f"{self.signal!r} sender={self.sender!r}" + (f", {args}" if args else "")
+        if self.error is not None:
+            return f"{head} -> raised {self.error!r}"
+        return f"{head} -> {len(self.results or ())} result(s)"
+
+
+class SignalRecorder:
+    """Records every send of the watched signals; see the module docstring.
+
+    Also usable without pytest: ``with SignalRecorder(sig_a, sig_b) as rec: ...``.
+    """
+
+    def __init__(self, *signals: AsyncSignal) -> None:
+        self.sends: list[SentSignal] = []
+        self._wrapped: list[tuple[AsyncSignal, str, Callable[..., Any]]] = []
+        self._active = True
+        self.watch(*signals)
+
+    # -- watching -----------------------------------------------------------------------
+
+    def watch(self, *signals: AsyncSignal) -> SignalRecorder:
+        """Start recording these signals (watching one twice records it once). Returns self."""
+        for signal in signals:
+            if not isinstance(signal, AsyncSignal):
+                raise TypeError(f"SignalRecorder.watch() takes AsyncSignals, got {signal!r}")
+            if any(s is signal for s, _, _ in self._wrapped):
+                continue
+            for method in ("send", "send_robust"):
+                wrapper = self._wrap(signal, method)
+                setattr(signal, method, wrapper)
+                self._wrapped.append((signal, method, wrapper))
+        return self
+
+    def _wrap(self, signal: AsyncSignal, method: str) -> Callable[..., Any]:
+        inner: Callable[..., Coroutine[Any, Any, Any]] = getattr(signal, method)
+        robust = method == "send_robust"
+
+        @functools.wraps(inner)
+        async def recorded(*args: Any, **kwargs: Any) -> Any:
+            # Arguments pass through untouched, so the signal's own checks (a missing sender,
+            # a stray positional) still apply.
+            if not self._active or _recording.get():
+                return await inner(*args, **kwargs)
+            sender = args[0] if args else kwargs.get("sender")
+            named = {k: v for k, v in kwargs.items() if k not in _NOT_RECEIVER_KWARGS}
+            token = _recording.set(True)
+            try:
+                results = await inner(*args, **kwargs)
+            except BaseException as exc:
+                self._add(signal, sender, named, None, exc, robust)
+                raise
+            finally:
+                _recording.reset(token)
+            self._add(signal, sender, named, results, None, robust)
+            return results
+
+        return recorded
+
+    def _add(
+        self,
+        signal: AsyncSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+        results: list[tuple[Any, Any]] | None,
+        error: BaseException | None,
+        robust: bool,
+    ) -> None:
+        names = [describe(r) for r, _ in results] if results else []
+        self.sends.append(SentSignal(signal, sender, kwargs, results, error, robust, names))
+
+    def close(self) -> None:
+        """Stop recording and take the wrappers off the signals."""
+        self._active = False
+        for signal, method, wrapper in reversed(self._wrapped):
+            if signal.__dict__.get(method) is wrapper:
+                delattr(signal, method)
+            # else another recorder wrapped on top of ours; ours now just passes through.
+        self._wrapped.clear()
+
+    def __enter__(self) -> SignalRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def of(self, signal: AsyncSignal) -> list[SentSignal]:
+        """The recorded sends of one signal, oldest first."""
+        return [s for s in self.sends if s.signal is signal]
+
+    def clear(self) -> None:
+        """Forget what was recorded so far (keep watching)."""
+        self.sends.clear()
+
+    def __iter__(self) -> Iterator[SentSignal]:
+        return iter(list(self.sends))
+
+    def __len__(self) -> int:
+        return len(self.sends)
+
+    # -- asserting ----------------------------------------------------------------------
+
+    def assert_sent(
+        self, signal: AsyncSignal, *, sender: Any = _ANY, times: int | None = None, **kwargs: Any
+    ) -> SentSignal:
+        """Assert ``signal`` was sent (from ``sender``, with at least these keyword arguments).
+
+        ``times`` asks for exactly that many matching sends. Returns the last matching send.
+        The failure message lists every recorded send of the signal and why each did not match.
+        """
+        __tracebackhide__ = True
+        matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
+        if matching and (times is None or len(matching) == times):
+            return matching[-1]
+        expected = _expectation(signal, sender, kwargs)
+        wanted = "at least once" if times is None else f"exactly {times} time(s)"
+        raise AssertionError(
+            f"expected {expected} {wanted}; {len(matching)} matching send(s)\n"
+            + self._report(signal, sender, kwargs)
+        )
+
+    def assert_not_sent(self, signal: AsyncSignal, *, sender: Any = _ANY, **kwargs: Any) -> None:
+        """Assert no recorded send of ``signal`` matches ``sender`` and ``kwargs``."""
+        __tracebackhide__ = True
+        matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
+        if matching:
+            raise AssertionError(
+                f"expected no {_expectation(signal, sender, kwargs)}, but got "
+                f"{len(matching)}:\n" + "\n".join(f"  {s.describe()}" for s in matching)
+            )
+
+    async def wait_for(
+        self,
+        signal: AsyncSignal,
+        *,
+        sender: Any = _ANY,
+        times: int = 1,
+        timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> SentSignal:
+        """Wait until ``times`` matching sends were recorded: for ``send_nowait``, whose send
+        runs later on the dispatcher. Fails like :meth:`assert_sent` after ``timeout`` seconds.
+        """
+        __tracebackhide__ = True
+        deadline = time.monotonic() + timeout
+        while True:
+            matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
+            if len(matching) >= times:
+                return matching[times - 1]
+            if time.monotonic() >= deadline:
+                self.assert_sent(signal, sender=sender, times=times, **kwargs)
+                raise AssertionError("unreachable")  # pragma: no cover
+            await anyio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def _report(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> str:
+        sends = self.of(signal)
+        if not sends:
+            others = sorted({repr(s.signal) for s in self.sends})
+            seen = f" (recorded: {', '.join(others)})" if others else ""
+            watched = any(s is signal for s, _, _ in self._wrapped)
+            hint = "" if watched else f"; {signal!r} is not watched: call .watch() on it first"
+            return f"  {signal!r} was never sent{seen}{hint}"
+        lines = [f"  {signal!r} was sent {len(sends)} time(s):"]
+        for number, sent in enumerate(sends, 1):
+            why = _mismatch(sent, sender, kwargs)
+            lines.append(f"  #{number} {sent.describe()}" + (f"  <- {why}" if why else ""))
+        return "\n".join(lines)
+
+
+def _expectation(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> str:
+    parts = [] if sender is _ANY else [f"sender={sender!r}"]
+    parts += [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{signal!r} sent" + (f" with {', '.join(parts)}" if parts else "")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        equal = bool(a == b)
+    except Exception:
+        return False
+    if not equal and isinstance(a, float) and isinstance(b, float):
+        return math.isnan(a) and math.isnan(b)
+    return equal
+
+
+def _mismatch(sent: SentSignal, sender: Any, kwargs: dict[str, Any]) -> str | None:
+    """Why ``sent`` does not match the expectation, or None when it does."""
+    if sender is not _ANY and not _same(sent.sender, sender):
+        return f"sender {sent.sender!r} != {sender!r}"
+    for key, value in kwargs.items():
+        if key not in sent.kwargs:
+            return f"no {key}="
+        if not _same(sent.kwargs[key], value):
+            return f"{key}={sent.kwargs[key]!r} != {value!r}"
+    return None
+
+
+@pytest.fixture
+def signal_recorder() -> Iterator[SignalRecorder]:
+    """A :class:`SignalRecorder` watching nothing yet: ``signal_recorder.watch(sig)``.
+
+    Everything it wrapped is restored when the test ends.
+    """
+    recorder = SignalRecorder()
+    try:
+        yield recorder
+    finally:
+        recorder.close()
