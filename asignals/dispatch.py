@@ -114,7 +114,6 @@ class _Batch:
         "ours",
         "parent",
         "parent_busy",
-        "pending",
         "results",
         "robust",
         "rows",
@@ -155,8 +154,8 @@ class _Batch:
         # copied back into the caller's when the send returns (Django's semantics).
         self.shared = contextvars.copy_context()
         self.failures: list[BaseException] = []
-        self.tasks: list[asyncio.Task[Any]] = []
-        self.pending = 0
+        # Running tasks, with where their result goes: (slot, receiver, entry).
+        self.tasks: dict[asyncio.Task[Any], tuple[int, Any, _Entry]] = {}
         self.waiter: asyncio.Future[None] | None = None
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
@@ -175,10 +174,10 @@ class _Batch:
         else:
             self.fail(error)
 
-    def task_done(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
-        self.pending -= 1
+    def task_done(self, task: asyncio.Task[Any]) -> None:
+        slot, fn, entry = self.tasks.pop(task)
         self.settle(slot, fn, entry, task)
-        if self.pending == 0 and self.waiter is not None and not self.waiter.done():
+        if not self.tasks and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
@@ -196,7 +195,7 @@ class _Batch:
     async def wait(self) -> None:
         """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
         cancelled = False
-        while self.pending:
+        while self.tasks:
             assert self.loop is not None
             self.waiter = self.loop.create_future()
             try:
@@ -233,6 +232,7 @@ def _split(batch: _Batch) -> None:
     first = batch.next
     batch.end = first  # the driver stops after the receiver it is suspended in
     task_group = batch.task_group
+    task_done = batch.task_done
     for index in range(first, len(batch.rows)):
         if batch.failures:
             return
@@ -269,9 +269,8 @@ def _split(batch: _Batch) -> None:
         if task.done():  # an eager task that ran to the end already
             batch.settle(slot, fn, entry, task)
             continue
-        batch.pending += 1
-        batch.tasks.append(task)
-        task.add_done_callback(functools.partial(batch.task_done, slot, fn, entry))
+        batch.tasks[task] = (slot, fn, entry)
+        task.add_done_callback(task_done)
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:

@@ -1,0 +1,230 @@
+"""JSON codec for values that cross process boundaries.
+
+Why not pickle: a message read from Redis is untrusted input, and unpickling runs code. This
+codec only ever builds JSON scalars, containers and instances of classes the *receiving* side
+registered itself, so the worst a hostile message can do is fail to decode.
+
+Wire format: JSON scalars, lists and str-keyed dicts travel as themselves. Everything else is a
+tagged object ``{"$t": tag, "v": payload}``; a plain dict that happens to contain ``"$t"`` is
+wrapped as ``{"$t": "dict", "v": {...}}`` so it can never be mistaken for a tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import enum
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+__all__ = ["DecodeError", "EncodeError", "JsonCodec"]
+
+T = TypeVar("T")
+
+_TAG = "$t"
+_MAX_DEPTH = 64
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class EncodeError(TypeError):
+    """A value cannot be encoded: its type is not JSON-native and has no registered adapter."""
+
+
+class DecodeError(ValueError):
+    """A message is malformed or names something this process did not register."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Adapter:
+    tag: str
+    cls: type[Any]
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+def _builtin_adapters() -> list[_Adapter]:
+    return [
+        _Adapter("datetime", _dt.datetime, _dt.datetime.isoformat, _dt.datetime.fromisoformat),
+        _Adapter("date", _dt.date, _dt.date.isoformat, _dt.date.fromisoformat),
+        _Adapter("time", _dt.time, _dt.time.isoformat, _dt.time.fromisoformat),
+        _Adapter(
+            "timedelta",
+            _dt.timedelta,
+            lambda td: [td.days, td.seconds, td.microseconds],
+            lambda v: _dt.timedelta(*_expect_list(v, 3)),
+        ),
+        _Adapter("uuid", uuid.UUID, str, lambda v: uuid.UUID(_expect(v, str))),
+        _Adapter("decimal", Decimal, str, lambda v: Decimal(_expect(v, str))),
+        _Adapter(
+            "bytes",
+            bytes,
+            lambda b: base64.b64encode(b).decode("ascii"),
+            lambda v: base64.b64decode(_expect(v, str), validate=True),
+        ),
+    ]
+
+
+def _expect(value: Any, kind: type[T]) -> T:
+    if type(value) is not kind:
+        raise DecodeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _expect_list(value: Any, length: int) -> list[Any]:
+    items = _expect(value, list)
+    if len(items) != length or not all(type(i) is int for i in items):
+        raise DecodeError(f"expected a list of {length} ints")
+    return items
+
+
+class JsonCodec:
+    """Encodes keyword arguments to JSON and back, with registered type adapters.
+
+    ``datetime``/``date``/``time``/``timedelta``, ``UUID``, ``Decimal``, ``bytes``, ``tuple``,
+    ``set``/``frozenset`` and dicts with non-str keys work out of the box. Dataclasses, pydantic
+    models and enums are opt-in: ``codec.register(MyClass)``. Any other class needs explicit
+    ``encode``/``decode`` functions. Types are matched exactly (a subclass is not silently
+    decoded as its base); register the subclass too.
+    """
+
+    def __init__(self) -> None:
+        self._by_type: dict[type[Any], _Adapter] = {}
+        self._by_tag: dict[str, _Adapter] = {}
+        for adapter in _builtin_adapters():
+            self._add(adapter)
+
+    def register(
+        self,
+        cls: type[T],
+        *,
+        name: str | None = None,
+        encode: Callable[[T], Any] | None = None,
+        decode: Callable[[Any], T] | None = None,
+    ) -> type[T]:
+        """Let instances of ``cls`` travel, under ``name`` (default ``module.QualName``).
+
+        Without ``encode``/``decode``, ``cls`` must be a dataclass, a pydantic model or an
+        ``Enum``. Both processes must register the class under the same name. Returns ``cls``,
+        so this works as a class decorator.
+        """
+        if not isinstance(cls, type):
+            raise TypeError(f"register() needs a class, got {cls!r}")
+        tag = name if name is not None else f"{cls.__module__}.{cls.__qualname__}"
+        if not tag or tag in ("dict", "tuple", "set", "frozenset", "map"):
+            raise ValueError(f"{tag!r} is not a usable type name")
+        if (encode is None) != (decode is None):
+            raise TypeError("pass both encode and decode, or neither")
+        if encode is None or decode is None:
+            encode, decode = self._derive(cls)
+        if tag in self._by_tag and self._by_tag[tag].cls is not cls:
+            raise ValueError(f"type name {tag!r} is already registered for {self._by_tag[tag].cls}")
+        self._add(_Adapter(tag, cls, encode, decode))
+        return cls
+
+    @staticmethod
+    def _derive(cls: type[Any]) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+        # Adapters map to and from plain Python values; the codec encodes those recursively,
+        # so a dataclass field holding a datetime or another registered class just works.
+        if dataclasses.is_dataclass(cls):
+            names = frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+
+            def encode_dc(obj: Any) -> Any:
+                return {n: getattr(obj, n) for n in names}
+
+            def decode_dc(value: Any) -> Any:
+                fields = _expect(value, dict)
+                unknown = set(fields) - names
+                if unknown:
+                    raise DecodeError(f"unknown fields for {cls.__qualname__}: {sorted(unknown)}")
+                return cls(**fields)
+
+            return encode_dc, decode_dc
+        if callable(getattr(cls, "model_validate", None)) and callable(
+            getattr(cls, "model_dump", None)
+        ):
+            # pydantic v2: its own JSON mode round-trips every type it validates.
+            return (lambda obj: obj.model_dump(mode="json")), cls.model_validate
+        if issubclass(cls, enum.Enum):
+            return (lambda member: member.value), cls
+        raise TypeError(
+            f"{cls.__qualname__} is not a dataclass, pydantic model or Enum; "
+            "pass encode= and decode= to register it"
+        )
+
+    def _add(self, adapter: _Adapter) -> None:
+        self._by_type[adapter.cls] = adapter
+        self._by_tag[adapter.tag] = adapter
+
+    def encode(self, value: Any) -> Any:
+        """Return a JSON-ready structure for ``value``; :class:`EncodeError` names what failed."""
+        return self._encode(value, 0)
+
+    def decode(self, value: Any) -> Any:
+        """Rebuild a value from :meth:`encode`'s output; :class:`DecodeError` on anything else."""
+        try:
+            return self._decode(value, 0)
+        except DecodeError:
+            raise
+        except Exception as exc:  # an adapter's decode or a constructor refused the payload
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _encode(self, value: Any, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            raise EncodeError(f"value nested deeper than {_MAX_DEPTH} levels")
+        kind = type(value)
+        if kind in _SCALARS:
+            return value
+        depth += 1
+        if kind is list:
+            return [self._encode(v, depth) for v in value]
+        if kind is dict:
+            if all(type(k) is str for k in value):
+                body = {k: self._encode(v, depth) for k, v in value.items()}
+                return {_TAG: "dict", "v": body} if _TAG in body else body
+            pairs = [[self._encode(k, depth), self._encode(v, depth)] for k, v in value.items()]
+            return {_TAG: "map", "v": pairs}
+        if kind in (tuple, set, frozenset):
+            items = [self._encode(v, depth) for v in value]
+            return {_TAG: kind.__name__, "v": items}
+        adapter = self._by_type.get(kind)
+        if adapter is None:
+            raise EncodeError(
+                f"cannot encode a value of type {kind.__module__}.{kind.__qualname__}; "
+                f"register it with codec.register({kind.__qualname__}, ...)"
+            )
+        return {_TAG: adapter.tag, "v": self._encode(adapter.encode(value), depth)}
+
+    def _decode(self, value: Any, depth: int) -> Any:
+        if depth > _MAX_DEPTH + 1:
+            raise DecodeError(f"value nested deeper than {_MAX_DEPTH} levels")
+        kind = type(value)
+        if kind in _SCALARS:
+            return value
+        depth += 1
+        if kind is list:
+            return [self._decode(v, depth) for v in value]
+        if kind is not dict:
+            raise DecodeError(f"unexpected JSON value of type {kind.__name__}")
+        if _TAG not in value:
+            return {k: self._decode(v, depth) for k, v in value.items()}
+        tag = value[_TAG]
+        if set(value) != {_TAG, "v"}:
+            raise DecodeError(f"tagged value {tag!r} has extra keys")
+        payload = value["v"]
+        if tag == "dict":
+            return {k: self._decode(v, depth) for k, v in _expect(payload, dict).items()}
+        if tag == "map":
+            pairs = _expect(payload, list)
+            if not all(type(p) is list and len(p) == 2 for p in pairs):
+                raise DecodeError("a 'map' value must be a list of [key, value] pairs")
+            return {self._decode(k, depth): self._decode(v, depth) for k, v in pairs}
+        if tag in ("tuple", "set", "frozenset"):
+            items = [self._decode(v, depth) for v in _expect(payload, list)]
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        adapter = self._by_tag.get(tag) if type(tag) is str else None
+        if adapter is None:
+            raise DecodeError(f"unknown type name {tag!r} (not registered in this process)")
+        return adapter.decode(self._decode(payload, depth))
