@@ -108,6 +108,7 @@ class _Batch:
     __slots__ = (
         "end",
         "failures",
+        "held",
         "loop",
         "named",
         "next",
@@ -140,6 +141,7 @@ class _Batch:
         self.named = named
         self.robust = robust
         self.results = results
+        self.held = -1  # the slot of the receiver the driver was suspended in, once split
 
     def prepare(
         self,
@@ -162,16 +164,17 @@ class _Batch:
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
-        if task.cancelled():
-            self.results[slot] = (fn, None)
-            return
-        error = task.exception()
-        if error is None:
+        try:
             self.results[slot] = (fn, task.result())
-        elif self.robust and isinstance(error, Exception):
+        except asyncio.CancelledError:
+            self.results[slot] = (fn, None)
+        except Exception as error:
+            if not self.robust:
+                self.fail(error)
+                return
             log_failure(self.signal, entry, self.named["sender"], error)
             self.results[slot] = (fn, error)
-        else:
+        except BaseException as error:
             self.fail(error)
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
@@ -231,6 +234,8 @@ def _split(batch: _Batch) -> None:
     results = batch.results
     first = batch.next
     batch.end = first  # the driver stops after the receiver it is suspended in
+    batch.held = len(results)
+    results.append(_PENDING)
     task_group = batch.task_group
     task_done = batch.task_done
     for index in range(first, len(batch.rows)):
@@ -264,8 +269,10 @@ def _split(batch: _Batch) -> None:
             continue
         slot = len(results)
         results.append(_PENDING)
+        if type(value) is not _COROUTINE:
+            value = _wrap(value)
         assert batch.loop is not None
-        task = _start_task(batch.loop, _as_coroutine(value), batch.shared)
+        task = _start_task(batch.loop, value, batch.shared)
         if task.done():  # an eager task that ran to the end already
             batch.settle(slot, fn, entry, task)
             continue
@@ -298,8 +305,6 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
         get, mode, entry = rows[index]
         fn = get()
         if fn is not None:
-            slot = len(results)
-            results.append(_PENDING)
             try:
                 if mode == ASYNC:
                     value = yield from fn(**named)
@@ -314,7 +319,10 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
                     raise
                 log_failure(batch.signal, entry, named["sender"], exc)
                 value = exc
-            results[slot] = (fn, value)
+            if batch.held < 0:
+                results.append((fn, value))
+            else:  # this receiver suspended and the ones after it took their slots meanwhile
+                results[batch.held] = (fn, value)
         index += 1
 
 
