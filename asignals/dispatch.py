@@ -106,7 +106,6 @@ class _Batch:
     """
 
     __slots__ = (
-        "end",
         "failures",
         "held",
         "loop",
@@ -137,7 +136,6 @@ class _Batch:
         self.signal = signal
         self.rows = rows
         self.next = start
-        self.end = len(rows)
         self.named = named
         self.robust = robust
         self.results = results
@@ -233,8 +231,7 @@ def _split(batch: _Batch) -> None:
     named = batch.named
     results = batch.results
     first = batch.next
-    batch.end = first  # the driver stops after the receiver it is suspended in
-    batch.held = len(results)
+    batch.held = len(results)  # the driver stops after the receiver it is suspended in
     results.append(_PENDING)
     task_group = batch.task_group
     task_done = batch.task_done
@@ -299,31 +296,32 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
     rows = batch.rows
     named = batch.named
     results = batch.results
-    index = batch.next
-    while index < batch.end:
+    for index in range(batch.next, len(rows)):
         batch.next = index + 1
         get, mode, entry = rows[index]
         fn = get()
-        if fn is not None:
-            try:
-                if mode == ASYNC:
-                    value = yield from fn(**named)
-                elif mode == THREAD:
-                    value = yield from _in_thread(fn, named, False).__await__()
-                else:
-                    value = fn(**named)
-                    if value is not None and hasattr(type(value), "__await__"):
-                        value = yield from _as_coroutine(value)
-            except Exception as exc:
-                if not batch.robust:
-                    raise
-                log_failure(batch.signal, entry, named["sender"], exc)
-                value = exc
-            if batch.held < 0:
-                results.append((fn, value))
-            else:  # this receiver suspended and the ones after it took their slots meanwhile
-                results[batch.held] = (fn, value)
-        index += 1
+        if fn is None:
+            continue
+        try:
+            if mode == ASYNC:
+                value = yield from fn(**named)
+            elif mode == THREAD:
+                value = yield from _in_thread(fn, named, False).__await__()
+            else:
+                value = fn(**named)
+                if value is not None and hasattr(type(value), "__await__"):
+                    value = yield from _as_coroutine(value)
+        except Exception as exc:
+            if not batch.robust:
+                raise
+            log_failure(batch.signal, entry, named["sender"], exc)
+            value = exc
+        if batch.held < 0:
+            results.append((fn, value))
+        else:
+            # This receiver suspended, and _split started every one after it meanwhile.
+            results[batch.held] = (fn, value)
+            return
 
 
 @types.coroutine
