@@ -98,8 +98,9 @@ def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, 
 class _Batch:
     """The async part of one send: its rows, its results, and any tasks running receivers.
 
-    A receiver's place in ``results`` is taken (with a placeholder) before it starts, so the
-    list stays in connection order whichever receiver finishes first.
+    Receivers append their results in order until one suspends; from then on each takes its
+    place in ``results`` (a placeholder) when it starts, so the list stays in connection order
+    whichever receiver finishes first.
 
     Only what the driver needs is set up front; the task bookkeeping is set by ``prepare`` when
     a receiver first suspends, so that a send whose receivers never suspend stays cheap.
