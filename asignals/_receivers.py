@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import sys
 import types
 import warnings
 import weakref
@@ -142,7 +143,9 @@ def _on_receiver_death(
     if signal is None or entry is None:
         return
     signal._forget_dead()
-    if not entry.called and not entry.disconnected:
+    # At interpreter exit modules are torn down and their receivers collected: that is no
+    # receiver lost by mistake.
+    if not entry.called and not entry.disconnected and not sys.is_finalizing():
         warnings.warn(
             f"receiver {entry.name} was weakly connected to {signal!r} and garbage collected "
             f"before any send reached it; nothing else referenced it. Pass weak=False to "
