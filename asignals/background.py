@@ -11,8 +11,27 @@ and every request in tasks created from the server's context, not the lifespan's
 Each open dispatcher is therefore also registered against its event loop (the asyncio loop, or
 trio's token): any task on that loop finds the first one opened there. A ``ContextVar`` takes
 precedence, so an explicitly nested ``async with dispatcher()`` captures the sends made inside
-its block, and a background receiver's own ``send_nowait`` goes to the dispatcher running it
-(accepted even while that dispatcher drains, so chained sends are drained too).
+its block, and a background receiver's own ``send_nowait`` goes to the dispatcher running it.
+
+Once the exit has begun, a dispatcher accepts only sends made *while one of its background sends
+runs* (by its receivers, the tasks they start and the threads they call into): those are part of
+the work being drained. Every other task is refused with :class:`DispatcherClosed`, also a task
+created inside the ``async with`` block, which inherits the block's ``ContextVar``: a periodic
+producer would otherwise keep the drain going for ever. So the background send's own task sets a
+second ``ContextVar`` (``_running_in``) to a record that is marked finished when that send ends.
+After the exit, a send on the same loop still raises :class:`DispatcherClosed`: the last
+dispatcher closed on each loop is remembered (its description only, keyed weakly by the loop,
+forgotten when a new dispatcher opens there), not the generic "no dispatcher" error.
+
+``send_nowait`` from a thread (a FastAPI/Starlette ``def`` endpoint runs in a worker thread of
+``anyio.to_thread``) hops to the event loop with ``anyio.from_thread.run_sync`` and waits for the
+submit there, in the calling thread's context. That costs a round trip to the loop, but keeps the
+contract of the loop's thread: ``BacklogFull``, ``DispatcherClosed`` and "no dispatcher" are
+raised to the caller at once. Remembering each dispatcher's loop and calling
+``loop.call_soon_threadsafe`` would return sooner, but would drop those errors into the loop's
+exception handler, i.e. lose a send silently, and would need a guess of which loop is meant. A
+thread AnyIO did not start cannot find the loop: it gets a ``RuntimeError`` showing how to hand
+the send over.
 """
 
 from __future__ import annotations
@@ -20,11 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from contextvars import ContextVar, Token
+import weakref
+from contextvars import ContextVar, Token, copy_context
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.from_thread
 
 from ._receivers import describe
 
@@ -53,8 +74,12 @@ _NO_DISPATCHER: Final = (
     "`lifespan=asignals.contrib.asgi.lifespan`"
 )
 _NO_LOOP: Final = (
-    "send_nowait() must be called from the event loop's thread (no asyncio loop or trio run "
-    "is active here); from a worker thread use anyio.from_thread.run_sync(sig.send_nowait, ...)"
+    "send_nowait() found no event loop: it must be called on the event loop's thread, or in a "
+    "worker thread started by anyio.to_thread.run_sync (as FastAPI and Starlette run `def` "
+    "endpoints). From a thread of your own, take `token = anyio.lowlevel.current_token()` on "
+    "the loop and call `anyio.from_thread.run_sync(functools.partial(sig.send_nowait, sender, "
+    "key=value), token=token)` (AnyIO >= 4.11), or run the thread with "
+    "`await anyio.to_thread.run_sync(...)`"
 )
 
 _NEW: Final = 0
@@ -64,8 +89,12 @@ _CLOSED: Final = 3
 
 # The dispatcher of an explicit ``async with`` block, or of the background send running now.
 _current: ContextVar[Dispatcher | None] = ContextVar("asignals_dispatcher", default=None)
+# The background send running now: set only in its own task (inherited by what it starts).
+_running_in: ContextVar[_Run | None] = ContextVar("asignals_background_send", default=None)
 # Open (or draining) dispatchers by event loop, in the order they were entered.
 _by_loop: dict[object, list[Dispatcher]] = {}
+# The last dispatcher closed on each loop, described, until a new one opens there.
+_closed_on: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
 class BacklogFull(RuntimeError):
@@ -74,6 +103,24 @@ class BacklogFull(RuntimeError):
 
 class DispatcherClosed(RuntimeError):
     """The dispatcher is draining or closed and accepts no new background sends."""
+
+
+class _Run:
+    """One background send while it runs: sends made under it may join its dispatcher's drain."""
+
+    __slots__ = ("active", "dispatcher")
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.active = True
+
+
+def _closed_error(description: str) -> DispatcherClosed:
+    return DispatcherClosed(
+        f"send_nowait() after shutdown: {description} has shut down and accepts no new "
+        f"background sends; send before shutdown, `await sig.send(...)` instead, or open a new "
+        f"dispatcher with `async with asignals.dispatcher():`"
+    )
 
 
 def _loop_key() -> object | None:
@@ -168,6 +215,8 @@ class Dispatcher:
             self._room = anyio.Semaphore(self.max_pending)
         self._state = _OPEN
         _by_loop.setdefault(loop, []).append(self)
+        if loop is not None:
+            _closed_on.pop(loop, None)
         self._token = _current.set(self)
         return self
 
@@ -191,6 +240,8 @@ class Dispatcher:
             await self._nursery_cm.__aexit__(None, None, None)
 
     def _unregister(self) -> None:
+        if self._loop is not None:
+            _closed_on[self._loop] = repr(self)
         stack = _by_loop.get(self._loop)
         if stack is not None:
             if self in stack:
@@ -235,14 +286,18 @@ class Dispatcher:
     def _check_accepting(self) -> None:
         if self._state == _OPEN:
             return
-        if self._state == _CLOSING and _current.get() is self:
-            return  # a send from inside this dispatcher's own work: part of what we drain
+        if self._state == _CLOSING:
+            run = _running_in.get()
+            if run is not None and run.active and run.dispatcher is self:
+                return  # chained from one of this dispatcher's running sends: drained too
+            raise DispatcherClosed(
+                f"send_nowait() after shutdown began: {self!r} is draining and accepts only "
+                f"the sends its own background receivers chain; await sig.send(...) instead, "
+                f"or send before shutdown"
+            )
         if self._state == _NEW:
             raise RuntimeError(f"{self!r} is not entered yet: use `async with` first")
-        raise DispatcherClosed(
-            f"send_nowait() after shutdown began: {self!r} is draining and accepts no new "
-            f"background sends; await sig.send(...) instead, or send before shutdown"
-        )
+        raise _closed_error(repr(self))
 
     def submit(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
         """Schedule ``signal.send_robust(sender, **kwargs)`` now or raise :class:`BacklogFull`."""
@@ -303,6 +358,8 @@ class Dispatcher:
 
     async def _run(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
         _current.set(self)  # chained sends from receivers come back here
+        run = _Run(self)
+        _running_in.set(run)  # ...and are accepted while this send runs, even in the drain
         try:
             await signal.send_robust(sender, **kwargs)
         except self._cancelled:
@@ -315,6 +372,7 @@ class Dispatcher:
                 sender,
             )
         finally:
+            run.active = False
             self.pending -= 1
             if self._room is not None:
                 self._room.release()
@@ -359,14 +417,13 @@ def dispatcher(
 def current_dispatcher() -> Dispatcher | None:
     """The dispatcher ``send_nowait`` would use here, or None (also None while it drains)."""
     try:
-        found = _find()
+        found = _find(_loop_key())
     except RuntimeError:
         return None
     return found if found._state == _OPEN else None
 
 
-def _find() -> Dispatcher:
-    loop = _loop_key()
+def _find(loop: object | None) -> Dispatcher:
     found = _current.get()
     if found is not None and found._state in (_OPEN, _CLOSING) and found._loop is loop:
         return found
@@ -374,6 +431,9 @@ def _find() -> Dispatcher:
         raise RuntimeError(_NO_LOOP)
     stack = _by_loop.get(loop)
     if not stack:
+        closed = _closed_on.get(loop)
+        if closed is not None:
+            raise _closed_error(closed)
         raise RuntimeError(_NO_DISPATCHER)
     found = stack[0]
     if found._state != _OPEN:
@@ -383,9 +443,36 @@ def _find() -> Dispatcher:
 
 def submit(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
     """Schedule ``signal.send_robust(sender, **kwargs)`` on the current dispatcher."""
-    _find().submit(signal, sender, kwargs)
+    loop = _loop_key()
+    if loop is None:
+        _submit_from_thread(signal, sender, kwargs)
+    else:
+        _find(loop).submit(signal, sender, kwargs)
+
+
+def _submit_from_thread(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+    """:func:`submit` from a worker thread of ``anyio.to_thread``, on its event loop's thread.
+
+    Waits until the loop ran the submit, so its errors are raised here, in the caller's thread.
+    """
+    context = copy_context()  # the receivers see this thread's context variables
+
+    def on_loop() -> Exception | None:
+        try:
+            context.run(submit, signal, sender, kwargs)
+        except Exception as exc:  # handed back so it is not mistaken for AnyIO's own error
+            return exc
+        return None
+
+    try:
+        error = anyio.from_thread.run_sync(on_loop)
+    except RuntimeError as exc:
+        # Not a thread AnyIO started (NoEventLoopError), or its event loop has finished.
+        raise RuntimeError(_NO_LOOP) from exc
+    if error is not None:
+        raise error
 
 
 async def submit_wait(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
     """Like :func:`submit`, but wait for room when the backlog is full."""
-    await _find().submit_wait(signal, sender, kwargs)
+    await _find(_loop_key()).submit_wait(signal, sender, kwargs)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -290,3 +293,36 @@ async def test_make_lifespan_runs_the_dispatcher_inside_the_users_lifespan() -> 
     async with served(app) as server:
         assert await server.get("/") == (200, b"ok")
     assert steps == ["startup", "email delivered", "shutdown"]
+
+
+async def test_a_fastapi_def_endpoint_can_send_nowait_from_its_worker_thread() -> None:
+    """FastAPI runs `def` endpoints in a worker thread (anyio.to_thread): send_nowait hops to
+    the event loop from there."""
+    delivered: list[tuple[int, bool]] = []
+    email = AsyncSignal(name="email")
+    endpoint_threads: list[int] = []
+
+    async def deliver(sender: Any, n: int, **kwargs: Any) -> None:
+        await anyio.sleep(0.05)
+        delivered.append((n, threading.get_ident() in endpoint_threads))
+
+    email.connect(deliver, weak=False)
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/sync/{n}")
+    def sync_endpoint(n: int) -> dict[str, int]:
+        endpoint_threads.append(threading.get_ident())
+        email.send_nowait("shop", n=n)
+        return {"n": n}
+
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        for n in range(3):
+            response = await client.get(f"/sync/{n}")
+            assert (response.status_code, response.json()) == (200, {"n": n})
+        loop_thread = threading.get_ident()
+    assert loop_thread not in endpoint_threads  # the endpoint really ran in a worker thread
+    assert sorted(delivered) == [(0, False), (1, False), (2, False)]  # drained on shutdown

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
+import threading
+import time
+import weakref
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 import asignals
-from asignals import AsyncSignal
+from asignals import AsyncSignal, background
 from asignals.background import BacklogFull, DispatcherClosed, current_dispatcher, dispatcher
 
 pytestmark = pytest.mark.anyio
@@ -222,3 +228,149 @@ async def test_a_nested_dispatcher_owns_the_sends_of_its_block() -> None:
         assert current_dispatcher() is outer
         assert outer.submitted == 0
     assert current_dispatcher() is None
+
+
+async def test_a_send_after_the_dispatcher_closed_says_it_shut_down() -> None:
+    rec = Recorder()
+    sig = make_signal(rec)
+    async with dispatcher() as d:
+        sig.send_nowait("s", n=1)
+    with pytest.raises(DispatcherClosed, match="has shut down") as caught:
+        sig.send_nowait("s", n=2)
+    assert "closed" in str(caught.value) and "async with asignals.dispatcher()" in str(caught.value)
+    with pytest.raises(DispatcherClosed, match="has shut down"):
+        await sig.send_later("s", n=3)
+    assert current_dispatcher() is None
+    # Nothing piles up: one description (not the dispatcher) per loop, keyed weakly.
+    assert isinstance(background._closed_on, weakref.WeakKeyDictionary)
+    assert all(isinstance(v, str) for v in background._closed_on.values())
+    size = len(background._closed_on)
+    for _ in range(20):
+        async with dispatcher():
+            pass
+    assert len(background._closed_on) == size
+    assert repr(d) in str(caught.value)
+    # A new dispatcher on the loop takes over; once it closes, sends are refused again.
+    async with dispatcher():
+        sig.send_nowait("s", n=5)
+    with pytest.raises(DispatcherClosed, match="has shut down"):
+        sig.send_nowait("s", n=6)
+    assert [kw["n"] for _, kw, _ in rec.seen] == [1, 5]
+
+
+async def test_during_the_drain_only_sends_chained_by_background_receivers_are_accepted() -> None:
+    """A task started inside the block inherits the block's context; it must not be able to
+    keep the drain going. A background receiver's chained sends (from its own task or a
+    worker thread it runs in) are part of the work drained."""
+    rec = Recorder()
+    second = make_signal(rec, name="second")
+    first = AsyncSignal(name="first")
+
+    async def relay(sender: Any, **kwargs: Any) -> None:
+        await anyio.sleep(0.1)  # the drain has begun by now
+        second.send_nowait(sender, via="send_nowait")
+        await second.send_later(sender, via="send_later")
+
+    def threaded_relay(sender: Any, **kwargs: Any) -> None:
+        time.sleep(0.1)  # the drain has begun by now
+        second.send_nowait(sender, via="worker thread")
+
+    first.connect(relay, weak=False)
+    first.connect(threaded_relay, weak=False, sync_to_thread=True)
+    refused: list[BaseException] = []
+    produced = 0
+
+    async def producer() -> None:  # a periodic producer, started inside the block
+        nonlocal produced
+        while True:
+            try:
+                second.send_nowait("producer", via="producer")
+            except DispatcherClosed as exc:
+                refused.append(exc)
+                return
+            produced += 1
+            await anyio.sleep(0.01)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg, dispatcher():
+            first.send_nowait("s")
+            tg.start_soon(producer)
+            await anyio.sleep(0.03)
+    [error] = refused
+    assert "after shutdown began" in str(error)
+    vias = [kw["via"] for _, kw, _ in rec.seen]
+    assert vias.count("producer") == produced >= 1
+    assert sorted(v for v in vias if v != "producer") == [
+        "send_later",
+        "send_nowait",
+        "worker thread",
+    ]
+
+
+async def test_a_task_outliving_its_background_send_is_refused_during_the_drain() -> None:
+    rec = Recorder()
+    late = make_signal(rec, name="late")
+    slow = make_signal(Recorder(delay=0.2), name="slow")  # keeps the drain going
+    spawner_signal = AsyncSignal(name="spawner")
+    refused: list[BaseException] = []
+
+    async def leftover() -> None:
+        await anyio.sleep(0.05)  # its background send has finished by now
+        try:
+            late.send_nowait("leftover")
+        except DispatcherClosed as exc:
+            refused.append(exc)
+
+    async with anyio.create_task_group() as tg:
+
+        async def spawner(sender: Any, **kwargs: Any) -> None:
+            tg.start_soon(leftover)  # inherits this send's context, but not its lifetime
+
+        spawner_signal.connect(spawner, weak=False)
+        async with dispatcher():
+            slow.send_nowait("s")
+            spawner_signal.send_nowait("s")
+    assert len(refused) == 1 and rec.seen == []
+
+
+async def test_send_nowait_from_an_anyio_worker_thread_runs_on_the_loop() -> None:
+    rec = Recorder(delay=0.05)
+    sig = make_signal(rec)
+    request_id.set("from-thread")
+    with pytest.raises(RuntimeError, match=r"async with asignals\.dispatcher\(\)"):
+        await anyio.to_thread.run_sync(functools.partial(sig.send_nowait, "s", n=0))
+    async with dispatcher(max_pending=1) as d:
+        await anyio.to_thread.run_sync(functools.partial(sig.send_nowait, "s", n=1))
+        assert d.pending == 1
+        with pytest.raises(BacklogFull):  # raised in the thread, to the caller
+            await anyio.to_thread.run_sync(functools.partial(sig.send_nowait, "s", n=2))
+    assert rec.seen == [("s", {"n": 1}, "from-thread")]
+    with pytest.raises(DispatcherClosed, match="has shut down"):
+        await anyio.to_thread.run_sync(functools.partial(sig.send_nowait, "s", n=3))
+
+
+async def test_a_thread_anyio_did_not_start_gets_a_working_workaround() -> None:
+    rec = Recorder()
+    sig = make_signal(rec)
+    errors: list[BaseException] = []
+
+    def plain_thread(token: Any) -> None:
+        try:
+            sig.send_nowait("s", n=1)
+        except RuntimeError as exc:
+            errors.append(exc)
+        if token is not None:  # the workaround the message shows
+            anyio.from_thread.run_sync(functools.partial(sig.send_nowait, "s", n=2), token=token)
+
+    has_tokens = hasattr(anyio.lowlevel, "current_token")  # AnyIO >= 4.11
+    async with dispatcher():
+        token = anyio.lowlevel.current_token() if has_tokens else None
+        thread = threading.Thread(target=plain_thread, args=(token,))
+        thread.start()
+        await anyio.to_thread.run_sync(thread.join)
+    [error] = errors
+    message = str(error)
+    assert type(error) is RuntimeError
+    assert "anyio.to_thread.run_sync" in message
+    assert "functools.partial(sig.send_nowait, sender, key=value), token=token)" in message
+    assert [kw["n"] for _, kw, _ in rec.seen] == ([2] if has_tokens else [])
