@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -11,14 +12,33 @@ from typing import Any, ClassVar
 
 import anyio
 import pytest
-from sqlalchemy import Column, ForeignKey, String, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    String,
+    Table,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.ext.asyncio import (
+    AsyncAttrs,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from asignals import AsyncSignal
 from asignals.contrib import sqlalchemy as adapter
@@ -42,7 +62,7 @@ def anyio_backend() -> str:
 
 
 def make_models(suffix: str) -> SimpleNamespace:
-    class Base(DeclarativeBase):
+    class Base(AsyncAttrs, DeclarativeBase):
         pass
 
     book_tags = Table(
@@ -460,6 +480,46 @@ async def test_deferred_receiver_error_is_raised_after_commit(db: DB, connect: A
     assert await count(db, db.m.Author) == 1
 
 
+async def test_deferred_receivers_query_and_load_through_using(db: DB, connect: Any) -> None:
+    # expire_on_commit=True (SQLAlchemy's default): the receivers run once the transaction is
+    # closed, so the committed instance is expired and must be loaded through the session.
+    maker = async_sessionmaker(db.maker.kw["bind"], expire_on_commit=True)
+    adapter.install(maker, defer_post_until_commit=True)
+    seen: list[tuple[int, str, str]] = []
+
+    async def reindex(sender: Any, instance: Any, using: AsyncSession, **kwargs: Any) -> None:
+        rows = int(await using.scalar(select(func.count()).select_from(db.m.Author)) or 0)
+        name = await instance.awaitable_attrs.name  # lazy load of an expired attribute
+        await using.refresh(instance, ["books"])
+        seen.append((rows, name, ",".join(b.title for b in instance.books)))
+
+    def boom(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("after commit")
+
+    connect(post_save, reindex, db.m.Author)
+    connect(post_save, boom, db.m.Tag)
+    try:
+        async with maker() as s:
+            s.add(db.m.Author(name="Kay", books=[db.m.Book(title="k1")]))
+            await s.commit()
+            assert seen == [(1, "Kay", "k1")]
+            s.add_all([db.m.Author(name="Mo"), db.m.Tag(name="t")])
+            with pytest.raises(ExceptionGroup) as caught:
+                await s.commit()  # a deferred receiver's error still comes out of commit()
+            assert caught.group_contains(RuntimeError, match="after commit")
+            assert seen[1] == (2, "Mo", "")  # the other send was made, and could query
+            await s.rollback()
+            s.add(db.m.Author(name="dropped"))
+            await s.flush()
+            await s.rollback()
+        async with maker.begin() as s:
+            s.add(db.m.Author(name="Lu"))
+    finally:
+        adapter.uninstall(maker)
+    assert [name for _, name, _ in seen] == ["Kay", "Mo", "Lu"]
+    assert await count(db, db.m.Author) == 3
+
+
 # -- senders ----------------------------------------------------------------------------------
 
 
@@ -529,6 +589,30 @@ async def test_bulk_statements_send_bulk_signals(db: DB, rec: Recorder) -> None:
     assert await count(db, A) == 4
 
 
+async def test_bulk_pk_set_of_a_single_table_inheritance_subclass(db: DB, rec: Recorder) -> None:
+    E, M = db.m.Employee, db.m.Manager
+    async with db.maker() as s:
+        s.add_all([E(id=1, name="e"), M(id=2, name="m"), M(id=3, name="n"), E(id=4, name="n")])
+        await s.commit()
+        rec.watch(pre_bulk, post_bulk, sender=M)
+        await s.execute(update(M).values(name="boss"))
+        await s.execute(update(M).where(M.id > 2).values(name="chief"))
+        await s.execute(delete(M).where(M.name == "chief"))
+        await s.execute(delete(M))
+        await s.commit()
+        rows = (await s.execute(select(E.id, E.name).order_by(E.id))).all()
+    assert [(c.kwargs["kind"], c.kwargs["pk_set"]) for c in rec.named("post_bulk")] == [
+        ("update", frozenset({2, 3})),
+        ("update", frozenset({3})),
+        ("delete", frozenset({3})),
+        ("delete", frozenset({2})),
+    ]
+    assert [c.kwargs["pk_set"] for c in rec.named("pre_bulk")] == [
+        c.kwargs["pk_set"] for c in rec.named("post_bulk")
+    ]
+    assert [tuple(r) for r in rows] == [(1, "e"), (4, "n")]  # the base class's rows untouched
+
+
 async def test_bulk_insert_without_keys_reports_none(db: DB, rec: Recorder) -> None:
     rec.watch(post_bulk, sender=db.m.Tag)
     async with db.maker() as s:
@@ -548,3 +632,137 @@ def test_install_rejects_what_it_cannot_scope() -> None:
         adapter.install(None, defer_post_until_commit="yes")
     assert adapter.uninstall(object()) is False
     assert not adapter.installed(42)
+
+
+# -- plain (sync) Session: SQLite through the stdlib driver (no sync PostgreSQL driver here) -----
+
+
+@dataclass
+class SyncDB:
+    maker: sessionmaker[Session]
+    m: SimpleNamespace
+
+
+@pytest.fixture
+def sync_db(tmp_path: Path) -> Iterator[SyncDB]:
+    models = make_models("sync")
+    engine = create_engine(f"sqlite+pysqlite:///{tmp_path / 'sync.db'}")
+    models.Base.metadata.create_all(engine)
+    maker = sessionmaker(engine, expire_on_commit=False)
+    adapter.install(maker)
+    try:
+        yield SyncDB(maker, models)
+    finally:
+        adapter.uninstall(maker)
+        engine.dispose()
+
+
+def sync_count(db: SyncDB, model: Any) -> int:
+    with db.maker() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_plain_session_runs_sync_receivers(sync_db: SyncDB, rec: Recorder, connect: Any) -> None:
+    A, M = sync_db.m.Author, sync_db.m.Manager
+
+    def fill_email(sender: Any, instance: Any, **kwargs: Any) -> None:
+        instance.email = f"{instance.name.lower()}@example.org"
+
+    async def first_book(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        if created:  # async, alone on its signal, and never suspends: runs in place
+            instance.books.append(sync_db.m.Book(title="first"))
+
+    connect(pre_save, fill_email, A)
+    connect(pre_save, first_book, A)
+    rec.watch(post_save, post_delete, post_bulk)
+    with sync_db.maker() as s:
+        author = A(name="Syd")
+        s.add_all([author, M(id=7, name="m")])
+        s.commit()
+        s.execute(update(M).values(name="boss"))
+        s.delete(author)
+        s.commit()
+    assert sorted((c.signal, c.sender.__name__) for c in rec.calls) == [
+        ("post_bulk", "Manager"),
+        ("post_delete", "Author"),
+        ("post_delete", "Book"),
+        ("post_save", "Author"),
+        ("post_save", "Book"),
+        ("post_save", "Manager"),
+    ]
+    assert all(isinstance(c.kwargs["using"], Session) for c in rec.calls)
+    assert author.email == "syd@example.org"
+    assert rec.named("post_bulk")[0].kwargs["pk_set"] == frozenset({7})
+    assert sync_count(sync_db, A) == 0 and sync_count(sync_db, M) == 1
+
+
+def test_plain_session_deferred_receivers_query_and_lazy_load(
+    sync_db: SyncDB, connect: Any
+) -> None:
+    maker = sessionmaker(sync_db.maker.kw["bind"])  # expire_on_commit=True
+    adapter.install(maker, defer_post_until_commit=True)
+    seen: list[tuple[int, str]] = []
+
+    def audit(sender: Any, instance: Any, using: Session, **kwargs: Any) -> None:
+        rows = int(using.scalar(select(func.count()).select_from(sync_db.m.Author)) or 0)
+        seen.append((rows, instance.name))  # expired by the commit: a plain lazy load
+
+    connect(post_save, audit, sync_db.m.Author)
+    try:
+        with maker() as s:
+            s.add(sync_db.m.Author(name="Ola"))
+            s.flush()
+            assert seen == []
+            s.commit()
+            s.add(sync_db.m.Author(name="gone"))
+            s.flush()
+            s.rollback()
+    finally:
+        adapter.uninstall(maker)
+    assert seen == [(1, "Ola")]
+
+
+def _sleep_zero() -> Any:
+    async def pause(sender: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0)  # suspends, even without a loop
+
+    return pause
+
+
+async def _returns(sender: Any, **kwargs: Any) -> None:
+    return None
+
+
+async def _returns_too(sender: Any, **kwargs: Any) -> None:
+    return None
+
+
+async def _sleeps(sender: Any, **kwargs: Any) -> None:
+    await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("signal", "receivers"),
+    [
+        pytest.param(pre_save, [_sleep_zero()], id="pre_save-suspends"),
+        pytest.param(pre_save, [_sleeps], id="pre_save-awaits-io"),
+        pytest.param(post_save, [_sleep_zero()], id="post_save-suspends"),
+        pytest.param(post_save, [_returns, _returns_too], id="post_save-two-async"),
+        pytest.param(post_save, [_sleeps, _sleep_zero()], id="post_save-two-suspend"),
+    ],
+)
+def test_plain_session_async_receiver_needing_a_loop_fails_clearly(
+    sync_db: SyncDB, connect: Any, signal: AsyncSignal, receivers: list[Any]
+) -> None:
+    for fn in receivers:
+        connect(signal, fn, sync_db.m.Author)
+    with sync_db.maker() as s:
+        s.add(sync_db.m.Tag(name="first"))
+        s.flush()  # no receiver for Tag: an earlier flush of the same transaction
+        s.add(sync_db.m.Author(name="Una"))
+        with pytest.raises(RuntimeError, match="need an AsyncSession"):
+            s.commit()
+        s.rollback()
+        assert not s.new
+    assert sync_count(sync_db, sync_db.m.Author) == 0  # the transaction was rolled back
+    assert sync_count(sync_db, sync_db.m.Tag) == 0

@@ -8,8 +8,11 @@ the caller gets back:
 
 - from the parameters when every row carries its primary key (ORM bulk INSERT with explicit
   keys, bulk UPDATE by primary key);
-- for ``update``/``delete`` with a WHERE clause, by selecting the matching keys first, in the
-  same transaction;
+- for ``update``/``delete`` with a WHERE clause (or none), by selecting the matching keys of
+  the statement's class first (single-table inheritance's discriminator included), in the same
+  transaction. Not RETURNING: adding it would change what the caller's result holds (rows,
+  ``rowcount``) and clash with a RETURNING of their own, so the keys are those the SELECT saw;
+  under READ COMMITTED a row a concurrent transaction commits between the two can differ;
 - for ``insert`` with a ``RETURNING`` that includes the keys (or the entity), from its rows
   (the result is buffered and handed back intact);
 - otherwise ``pk_set`` is ``None``.
@@ -90,7 +93,10 @@ def _pks_from_parameters(keys: list[str], parameters: Any, kind: str) -> frozens
 
 
 def _select_pks(state: ORMExecuteState, mapper: Mapper[Any], keys: list[str]) -> frozenset[Any]:
-    query = select(*(mapper.attrs[k].class_attribute for k in keys))
+    # The attributes of the statement's own class, not ``mapper.attrs[k].class_attribute``:
+    # for a single-table-inheritance subclass that is the base class's column, and the select
+    # would lose the discriminator filter (``type IN (...)``) SQLAlchemy adds to the statement.
+    query = select(*(getattr(mapper.class_, k) for k in keys))
     where = getattr(state.statement, "whereclause", None)
     if where is not None:
         query = query.where(where)

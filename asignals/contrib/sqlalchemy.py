@@ -17,7 +17,10 @@ Why it is built this way:
 - ``post_save``/``post_delete``/``m2m_changed`` post actions are sent from ``after_flush``, once
   every row of the flush is written (primary keys are known), all in one trip to the event loop.
   With ``defer_post_until_commit=True`` they are queued on the transaction (savepoints included)
-  and sent after COMMIT, or dropped on ROLLBACK.
+  and sent from ``after_transaction_end`` once the root transaction has committed (not from
+  ``after_commit``, where no SQL may be emitted), or dropped on ROLLBACK.
+- In a plain ``Session`` there is no greenlet and no loop to await on: the coroutine of the
+  sends is stepped in place, which runs sync receivers and async ones that never suspend.
 - A ``pre_*`` receiver that raises aborts the flush before any of its SQL is sent and rolls the
   transaction back, the same state a failed flush leaves (call ``rollback()`` or let
   ``session.begin()`` do it before using the session again).
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +97,7 @@ class _Flush:
 _installations: list[_Installation] = []
 _flushes: weakref.WeakKeyDictionary[Session, _Flush] = weakref.WeakKeyDictionary()
 _deferred: weakref.WeakKeyDictionary[SessionTransaction, list[Send]] = weakref.WeakKeyDictionary()
-_commit_errors: weakref.WeakKeyDictionary[Session, list[Exception]] = weakref.WeakKeyDictionary()
+_committed: weakref.WeakSet[SessionTransaction] = weakref.WeakSet()
 
 
 # -- installing ----------------------------------------------------------------------------
@@ -224,15 +227,48 @@ async def _send_all(sends: list[Send]) -> None:
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
-    """Await ``coro`` on the event loop from a sync SQLAlchemy hook (greenlet bridge)."""
-    if not _in_greenlet():
-        coro.close()
-        raise RuntimeError(
-            "asignals.contrib.sqlalchemy can only await signal receivers inside an "
-            "AsyncSession operation (the flush ran in a plain Session, outside SQLAlchemy's "
-            "asyncio greenlet); use AsyncSession, or install() on an async_sessionmaker"
-        )
-    _await_only(coro)
+    """Run ``coro`` from a sync SQLAlchemy hook.
+
+    In an ``AsyncSession`` operation the hook runs in SQLAlchemy's greenlet, which hands the
+    coroutine to the event loop and waits for it (``await_only``). In a plain ``Session`` there
+    is no loop to wait on, so the coroutine is stepped right here: sync receivers, and async
+    ones that finish without suspending, run to the end; a receiver that needs an event loop
+    makes the flush fail with a RuntimeError saying so.
+    """
+    if _in_greenlet():
+        _await_only(coro)
+        return
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    except Exception as exc:
+        if _needs_event_loop(exc):
+            raise RuntimeError(_NO_LOOP) from exc
+        raise
+    coro.close()  # suspended: nothing would ever resume it
+    raise RuntimeError(_NO_LOOP)
+
+
+_NO_LOOP = (
+    "asignals.contrib.sqlalchemy: a signal receiver needs an event loop, but the flush ran in a "
+    "plain (sync) Session, where receivers run without one. Sync receivers work there, and so "
+    "does an async receiver that never suspends, alone on its signal; an async receiver that "
+    "awaits I/O, or several async receivers of one send, need an AsyncSession (or an "
+    "async_sessionmaker)."
+)
+
+
+def _needs_event_loop(exc: BaseException) -> bool:
+    """Whether ``exc`` (or a receiver error it groups) comes from running without a loop."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_needs_event_loop(inner) for inner in exc.exceptions)
+    # asyncio's "no running event loop"; AnyIO's NoEventLoopError (4.11+), or sniffio's
+    # AsyncLibraryNotFoundError from older AnyIO, both RuntimeErrors.
+    return isinstance(exc, RuntimeError) and (
+        str(exc) == "no running event loop"
+        or type(exc).__name__ in ("NoEventLoopError", "AsyncLibraryNotFoundError")
+    )
 
 
 # -- the flush -------------------------------------------------------------------------------
@@ -416,23 +452,49 @@ def _deliver(session: Session, installation: _Installation, sends: list[Send]) -
 # -- deferral until commit -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _outside_begin_block(session: Session) -> Iterator[None]:
+    """Let receivers start the session's next transaction during ``with session.begin():``.
+
+    The block's commit runs these hooks while the block is still the session's transaction
+    context, and SQLAlchemy refuses any SQL then ("Can't operate on closed transaction inside
+    context manager") although the transaction is over. The block is set aside while the
+    deferred sends run (there is no public spelling), as it is right after it exits anyway.
+    """
+    block = getattr(session, "_trans_context_manager", None)
+    if block is None:
+        yield
+        return
+    session._trans_context_manager = None
+    try:
+        yield
+    finally:
+        session._trans_context_manager = block
+
+
 def _on_after_commit(session: Session) -> None:
+    # No SQL may be emitted here (the transaction is in its "committed" state), so the sends
+    # wait for after_transaction_end; this only records that the root transaction committed.
     if session.get_nested_transaction() is not None:
         return  # a savepoint was released; its sends move to the parent at transaction end
     root = session.get_transaction()
-    sends = _deferred.pop(root, None) if root is not None else None
-    if sends:
-        # The data is committed: every deferred send is made even if one fails, and the
-        # failures are raised together once the transaction is closed (see transaction end).
-        _run(_send_all_collecting(sends, _commit_errors.setdefault(session, [])))
+    if root is not None and root in _deferred:
+        _committed.add(root)
 
 
-async def _send_all_collecting(sends: list[Send], errors: list[Exception]) -> None:
+async def _send_all_deferred(sends: list[Send]) -> None:
+    # The data is committed: every deferred send is made even if one fails, and the failures
+    # are raised together (out of commit()) once all have run.
+    errors: list[Exception] = []
     for signal, sender, kwargs in sends:
         try:
             await signal.send(sender, **kwargs)
         except ExceptionGroup as group:
             errors.extend(group.exceptions)
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise ExceptionGroup("receivers deferred until commit raised (data committed)", errors)
 
 
 def _on_after_rollback(session: Session) -> None:
@@ -444,16 +506,21 @@ def _on_after_rollback(session: Session) -> None:
 
 def _on_after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     sends = _deferred.pop(transaction, None)
+    if transaction.parent is None:
+        # The transaction is closed and the session has none: receivers may query through
+        # ``using`` and load expired attributes (that autobegins the next transaction).
+        committed = transaction in _committed
+        _committed.discard(transaction)
+        if committed and sends:
+            with _outside_begin_block(session):
+                _run(_send_all_deferred(sends))
+        return
     if transaction.nested and sends:
         parent = transaction.parent
         while parent is not None and not parent.nested and parent.parent is not None:
             parent = parent.parent
         if parent is not None:
             _deferred.setdefault(parent, []).extend(sends)
-    if transaction.parent is None:
-        errors = _commit_errors.pop(session, None)
-        if errors:
-            raise ExceptionGroup("receivers deferred until commit raised (data committed)", errors)
 
 
 # -- bulk statements -------------------------------------------------------------------------
