@@ -143,16 +143,18 @@ def _on_receiver_death(
     if signal is None or entry is None:
         return
     signal._forget_dead()
-    # At interpreter exit modules are torn down and their receivers collected: that is no
-    # receiver lost by mistake.
-    if not entry.called and not entry.disconnected and not sys.is_finalizing():
-        warnings.warn(
-            f"receiver {entry.name} was weakly connected to {signal!r} and garbage collected "
-            f"before any send reached it; nothing else referenced it. Pass weak=False to "
-            f"connect() (or to @receiver) to keep it alive",
-            WeakReceiverWarning,
-            stacklevel=2,
-        )
+    # At interpreter exit every module's receivers are collected: nothing lost by mistake.
+    if entry.called or entry.disconnected or not entry.warn or sys.is_finalizing():
+        return
+    if entry.sender_ref is not None and entry.sender_ref() is None:
+        return  # its sender went first: nothing could have reached it anyway
+    warnings.warn(
+        f"receiver {entry.name} was weakly connected to {signal!r} and garbage collected "
+        f"before any send reached it; nothing else referenced it. Pass weak=False to "
+        f"connect() (or to @receiver) to keep it alive",
+        WeakReceiverWarning,
+        stacklevel=2,
+    )
 
 
 def _on_sender_death(signal_ref: weakref.ref[AsyncSignal], _dead: object) -> None:
@@ -176,6 +178,7 @@ class _Entry:
         "sender_ref",
         "sender_value",
         "target",
+        "warn",
         "weak",
     )
 
@@ -196,6 +199,10 @@ class _Entry:
         signal_ref = weakref.ref(signal)
         self.target: Any = fn
         self.weak = False
+        # A bound method (or a partial of one) lives as long as its instance, which may go
+        # before any send on purpose (a handler closed early). A function, lambda, partial or
+        # callable instance that dies unused was most likely only ever held by the signal.
+        self.warn = False
         if weak:
             callback = functools.partial(_on_receiver_death, signal_ref, weakref.ref(self))
             try:
@@ -203,8 +210,10 @@ class _Entry:
                     self.target = weakref.WeakMethod(fn, callback)
                 elif isinstance(fn, functools.partial):
                     self.target = _PartialRef(fn, callback)
+                    self.warn = not isinstance(fn.func, types.MethodType)
                 else:
                     self.target = weakref.ref(fn, callback)
+                    self.warn = True
                 self.weak = True
             except TypeError:
                 # Not weakly referenceable (a builtin, a __slots__ instance): hold it strongly

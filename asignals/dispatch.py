@@ -18,8 +18,9 @@ scopes and ``asyncio.timeout`` always belong to the task the receiver runs in:
 - ``timeout`` / ``max_concurrency``: one AnyIO task per receiver, each with its deadline and
   limiter. ``concurrent=False``: receivers awaited one by one, in connection order.
 
-Context variables follow Django 5.1+: receivers share the caller's context, those in tasks
-through one shared copy that is copied back into the caller's context when the send returns.
+Context variables follow Django 5.1+: receivers run in the caller's context, except those
+started in tasks, which share one copy of it; what they change there is copied back into the
+caller's context when the send returns. A receiver finishes in the context it started in.
 
 Failure semantics are ``asyncio.TaskGroup``'s everywhere: the first failure cancels the
 receivers still running, and every failure is raised together in an ``ExceptionGroup``.
@@ -69,11 +70,25 @@ def _start_task(
     return loop.create_task(coro, context=context)
 
 
-def _restore(context: contextvars.Context) -> None:
-    """Copy what receivers set in ``context`` into the current one (asgiref's way)."""
-    for var, value in context.items():
-        if var.get(_UNSET) is not value:
-            var.set(value)
+class _Shared:
+    """The context a send's tasks share, and what it held when they started."""
+
+    __slots__ = ("base", "context")
+
+    def __init__(self) -> None:
+        self.base = contextvars.copy_context()
+        self.context = self.base.copy()
+
+    def restore(self) -> None:
+        """Copy into the current context what the tasks changed, and nothing else.
+
+        Comparing with the caller's values instead would undo what the caller's own code (or a
+        receiver running in the caller's context) set meanwhile.
+        """
+        base = self.base
+        for var, value in self.context.items():
+            if base.get(var, _UNSET) is not value:
+                var.set(value)
 
 
 def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseException) -> None:
@@ -152,8 +167,8 @@ class _Batch:
         self.parent = parent
         self.task_group = task_group
         # The context every task of this send runs in: one copy of the caller's, shared, and
-        # copied back into the caller's when the send returns (Django's semantics).
-        self.shared = contextvars.copy_context()
+        # what they change in it copied back when the send returns (Django's semantics).
+        self.shared = _Shared()
         self.failures: list[BaseException] = []
         # Running tasks, with where their result goes: (slot, receiver, entry).
         self.tasks: dict[asyncio.Task[Any], tuple[int, Any, _Entry]] = {}
@@ -196,17 +211,17 @@ class _Batch:
 
     async def wait(self) -> None:
         """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
-        cancelled = False
+        cancelled: asyncio.CancelledError | None = None
         while self.tasks:
             assert self.loop is not None
             self.waiter = self.loop.create_future()
             try:
                 await self.waiter
-            except asyncio.CancelledError:
-                cancelled = True
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # the original: AnyIO scopes recognise theirs by its message
                 self.cancel_all()
-        if cancelled:
-            raise asyncio.CancelledError
+        if cancelled is not None:
+            raise cancelled
 
 
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
@@ -248,13 +263,10 @@ def _split(batch: _Batch) -> None:
             # has already registered the sending task to be woken), so every one gets a task.
             slot = len(results)
             results.append(_PENDING)
-            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared)
+            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared.context)
             continue
         try:
-            if mode == THREAD:
-                value = _in_thread(fn, named, False)
-            else:
-                value = batch.shared.run(fn, **named)
+            value = _call(fn, mode, named, None)  # a sync one runs inline, in the caller's context
             if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
                 results.append((fn, value))
                 continue
@@ -270,7 +282,7 @@ def _split(batch: _Batch) -> None:
         if type(value) is not _COROUTINE:
             value = _wrap(value)
         assert batch.loop is not None
-        task = _start_task(batch.loop, value, batch.shared)
+        task = _start_task(batch.loop, value, batch.shared.context)
         if task.done():  # an eager task that ran to the end already
             batch.settle(slot, fn, entry, task)
             continue
@@ -305,7 +317,11 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             continue
         try:
             if mode == ASYNC:
-                value = yield from fn(**named)
+                value = fn(**named)
+                if type(value) is _COROUTINE:
+                    value = yield from value  # type: ignore[misc]
+                else:  # an async-marked callable may return any awaitable
+                    value = yield from value.__await__()
             elif mode == THREAD:
                 value = yield from _in_thread(fn, named, False).__await__()
             else:
@@ -387,32 +403,42 @@ async def run(
         raise _group(signal, [exc]) from None
     batch.prepare(loop, asyncio.current_task(), None)
     batch.parent_busy = True
-    caught = False
+    caught: asyncio.CancelledError | None = None
     try:
         _split(batch)
-        # From here on the held receiver runs in the shared context too: it was copied from
-        # the caller's after the driver ran, so it holds everything set so far.
-        await _resume(driver, value, batch.shared)
-    except asyncio.CancelledError:
-        caught = True
+        # The held receiver carries on in the caller's context, where it started (a token it
+        # set there must reset there).
+        await _resume(driver, value, None)
+    except asyncio.CancelledError as exc:
+        caught = exc
     except Exception as exc:
         batch.parent_busy = False  # fail() must not cancel the task that is running it
         batch.fail(exc)
+    except BaseException:
+        # KeyboardInterrupt, SystemExit...: nothing may keep running behind it.
+        batch.parent_busy = False
+        driver.close()
+        batch.cancel_all()
+        try:
+            await batch.wait()
+        finally:
+            batch.shared.restore()
+        raise
     finally:
         batch.parent_busy = False
     try:
         # A cancellation is the caller's unless we asked for it because a receiver failed
         # (and, as in asyncio.TaskGroup, uncancel() tells whether someone else asked too).
-        external = caught and not batch.ours
+        external = caught is not None and not batch.ours
         if batch.ours and batch.parent is not None and batch.parent.uncancel() > 0:
             external = True
         if external:
             batch.cancel_all()
             await batch.wait()
-            raise asyncio.CancelledError
+            raise caught or asyncio.CancelledError()
         await batch.wait()
     finally:
-        _restore(batch.shared)
+        batch.shared.restore()
     if batch.failures:
         raise _group(signal, batch.failures)
     return results
@@ -426,7 +452,7 @@ async def _run_trio(batch: _Batch) -> Results:
     they opened.
     """
     driver = _drive(batch)
-    shared: contextvars.Context | None = None
+    prepared = False
     try:
         async with anyio.create_task_group() as task_group:
             try:
@@ -434,12 +460,12 @@ async def _run_trio(batch: _Batch) -> Results:
             except StopIteration:
                 return batch.results
             batch.prepare(None, None, task_group)
-            shared = batch.shared
+            prepared = True
             _split(batch)
-            await _resume(driver, value, shared)
+            await _resume(driver, value, None)
     finally:
-        if shared is not None:
-            _restore(shared)  # after the group: its tasks have all finished
+        if prepared:
+            batch.shared.restore()  # after the group: its tasks have all finished
     return batch.results
 
 
@@ -515,7 +541,7 @@ async def _run_bounded(
                 awaitable.close()  # cancelled while waiting for the limiter
         results[slot] = (results[slot][0], value)
 
-    shared = contextvars.copy_context()
+    shared = _Shared()
     try:
         async with anyio.create_task_group() as tg:
             for get, mode, entry in rows[start:]:
@@ -523,7 +549,7 @@ async def _run_bounded(
                 if fn is None:
                     continue
                 try:
-                    value = shared.run(_call, fn, mode, named, timeout)
+                    value = _call(fn, mode, named, timeout)
                 except Exception as exc:
                     if not robust:
                         raise
@@ -531,9 +557,9 @@ async def _run_bounded(
                     value = exc
                 if value is not None and hasattr(type(value), "__await__"):
                     results.append((fn, None))
-                    tg.start_soon(_run_in, guarded(len(results) - 1, entry, value), shared)
+                    tg.start_soon(_run_in, guarded(len(results) - 1, entry, value), shared.context)
                 else:
                     results.append((fn, value))
     finally:
-        _restore(shared)
+        shared.restore()
     return results

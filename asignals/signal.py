@@ -237,6 +237,8 @@ class AsyncSignal:
         self._options = not concurrent or timeout is not None or max_concurrency is not None
         self._lock = threading.Lock()
         self._entries: tuple[_Entry, ...] = ()
+        # (type, value) of the str/bytes/int senders some receiver is connected for.
+        self._values: frozenset[tuple[type, Any]] = frozenset()
         self._value_cache: dict[Any, tuple[Row, ...]] = {}
         self._id_cache = _IdCache()
         self._muted = 0
@@ -336,6 +338,9 @@ class AsyncSignal:
         # Called with the lock held. The caches are replaced, not cleared, so that a send
         # that already holds the old dict cannot write stale rows into the new one.
         self._entries = entries
+        self._values = frozenset(
+            (type(e.sender_value), e.sender_value) for e in entries if e.sender_value is not None
+        )
         self._dead = False
         self._reset_caches()
 
@@ -364,6 +369,12 @@ class AsyncSignal:
 
     def _lookup(self, sender: Any) -> tuple[Row, ...]:
         """The live receivers for ``sender``, cached when the sender can be watched."""
+        if type(sender) in VALUE_SENDER_TYPES and (type(sender), sender) not in self._values:
+            # Nobody listens to this value in particular: it gets the receivers for any
+            # sender, cached once, so that sends from ever new ids or names (a tenant, a
+            # user) do not grow the cache.
+            rows = self._id_cache.get(id(None))
+            return self._lookup(None) if rows is None else rows
         value_cache = self._value_cache
         id_cache = self._id_cache
         if self._dead:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import gc
+import inspect
 import logging
 import threading
 import weakref
@@ -177,30 +178,98 @@ async def test_contextvars_of_the_caller_are_visible() -> None:
     assert var.get() == "changed by receiver"
 
 
-@pytest.mark.parametrize("options", [{}, {"timeout": 5}, {"concurrent": False}])
-async def test_receivers_share_one_context_as_in_django(options: dict[str, Any]) -> None:
+@pytest.mark.parametrize("options", [{}, {"concurrent": False}])
+async def test_receivers_in_turn_share_the_callers_context(options: dict[str, Any]) -> None:
+    """As in Django 5.1+: what one receiver sets, the next sees, and so does the caller."""
     var: contextvars.ContextVar[int] = contextvars.ContextVar("counter")
     sig = AsyncSignal()
     seen: list[int] = []
 
     async def bump(sender: Any, **kw: Any) -> None:
-        await anyio.sleep(0)  # suspend first, so each runs in a task
-        value = var.get() + 1
-        var.set(value)
-        seen.append(value)
+        var.set(var.get() + 1)
+        seen.append(var.get())
 
     def sync_bump(sender: Any, **kw: Any) -> None:
-        value = var.get() + 1
-        var.set(value)
-        seen.append(value)
+        var.set(var.get() + 1)
+        seen.append(var.get())
 
-    receivers = [functools.partial(bump), functools.partial(bump), sync_bump]
+    receivers = [functools.partial(bump), sync_bump, functools.partial(bump)]
     for fn in receivers:
         sig.connect(fn, weak=False)
     var.set(1)
     await sig.send(None, **options)
-    assert sorted(seen) == [2, 3, 4]
+    assert seen == [2, 3, 4]
     assert var.get() == 4
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": 5}, {"concurrent": False}])
+async def test_what_concurrent_receivers_set_reaches_the_caller(options: dict[str, Any]) -> None:
+    names = ["held", "task", "sync"]
+    variables = {n: contextvars.ContextVar[str](n, default="unset") for n in names}
+    sig = AsyncSignal()
+
+    def setter(name: str, suspend: bool) -> Any:
+        async def r(sender: Any, **kw: Any) -> None:
+            if suspend:
+                await anyio.sleep(0.01)
+            variables[name].set("set")
+
+        return r
+
+    def sync_setter(sender: Any, **kw: Any) -> None:
+        variables["sync"].set("set")
+
+    receivers = [setter("held", True), setter("task", True), sync_setter]
+    for fn in receivers:
+        sig.connect(fn, weak=False)
+    await sig.send(None, **options)
+    assert {n: v.get() for n, v in variables.items()} == dict.fromkeys(names, "set")
+
+
+async def test_a_token_set_before_suspending_resets_after_it() -> None:
+    """structlog/OpenTelemetry style: var.set(), await, var.reset(token)."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("span", default="root")
+    sig = AsyncSignal()
+
+    async def traced(sender: Any, **kw: Any) -> str:
+        token = var.set("inside")
+        await anyio.sleep(0.01)
+        var.reset(token)
+        return "traced"
+
+    sig.connect(traced)
+    sig.connect(async_receiver)  # not the last one: the send hands the rest to tasks
+    assert [r for _, r in await sig.send(None)] == ["traced", "async"]
+    assert var.get() == "root"
+
+
+async def test_a_nested_send_does_not_undo_what_others_set() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("Y", default="unset")
+    outer, inner = AsyncSignal(), AsyncSignal()
+
+    async def slow_inner(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0.05)
+
+    inner.connect(slow_inner)
+    inner.connect(async_receiver)
+
+    async def first(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0)
+
+    async def nests(sender: Any, **kw: Any) -> str:
+        await inner.send(None)
+        return var.get()
+
+    async def sets(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0.01)
+        var.set("set by a receiver")
+
+    for fn in (first, nests, sets):
+        outer.connect(fn)
+    var.set("caller")
+    results = await outer.send(None)
+    assert results[1][1] == "set by a receiver"
+    assert var.get() == "set by a receiver"
 
 
 # -- sender filtering -----------------------------------------------------------------------
@@ -812,6 +881,100 @@ async def test_sender_is_usable_after_a_receiver_failed_after_suspending(positio
     with anyio.fail_after(1):
         await anyio.sleep(0.01)  # no cancellation left pending on the sending task
     assert await sig.send_robust("other") != []
+
+
+async def test_cancel_scopes_around_send_see_their_own_cancellation() -> None:
+    sig = AsyncSignal()
+
+    async def slow(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(5)
+
+    sig.connect(slow)
+    sig.connect(slow, dispatch_uid="second")  # two receivers: the send starts a task
+    with anyio.move_on_after(0.05) as scope:
+        await sig.send(None)
+    assert scope.cancelled_caught
+    with pytest.raises(TimeoutError), anyio.fail_after(0.05):
+        await sig.send(None)
+    await anyio.sleep(0)  # and the task is not left cancelled
+
+
+async def test_a_base_exception_leaves_no_receiver_running() -> None:
+    sig = AsyncSignal()
+    log: list[str] = []
+
+    async def held(sender: Any, **kw: Any) -> None:
+        try:
+            await anyio.sleep(0.05)
+        finally:
+            log.append("held stopped")
+
+    async def child(sender: Any, **kw: Any) -> None:
+        await anyio.sleep(0.05)
+        log.append("child ran on after the send")
+
+    def stop(sender: Any, **kw: Any) -> None:
+        raise SystemExit(3)
+
+    for fn in (held, child, stop):
+        sig.connect(fn)
+    with pytest.raises((SystemExit, BaseExceptionGroup)):  # trio's nursery wraps it
+        await sig.send(None)
+    assert log == ["held stopped"]
+    await anyio.sleep(0.1)
+    assert log == ["held stopped"]
+
+
+@pytest.mark.skipif(
+    not hasattr(inspect, "markcoroutinefunction"), reason="markcoroutinefunction is new in 3.12"
+)
+async def test_an_async_marked_callable_may_return_any_awaitable() -> None:
+    """Framework wrappers mark plain functions as coroutine functions (asgiref does)."""
+
+    class Later:
+        def __await__(self) -> Any:
+            yield from anyio.sleep(0).__await__()
+            return "later"
+
+    def returns_later(sender: Any, **kw: Any) -> Later:
+        return Later()
+
+    marked = inspect.markcoroutinefunction(returns_later)  # type: ignore[attr-defined,unused-ignore]
+    sig = AsyncSignal()
+    sig.connect(marked)
+    assert [r for _, r in await sig.send(None)] == ["later"]
+    sig.connect(async_receiver)  # no longer the last receiver: it goes through the driver
+    assert [r for _, r in await sig.send(None)] == ["later", "async"]
+
+
+async def test_sending_from_ever_new_values_does_not_grow_the_cache() -> None:
+    sig = AsyncSignal()
+    sig.connect(sync_receiver)
+    sig.connect(async_receiver, sender="known")
+    for i in range(500):
+        assert len(await sig.send(f"user-{i}")) == 1
+        assert len(await sig.send(i)) == 1
+    assert len(await sig.send("known")) == 2
+    assert len(sig._value_cache) <= 1
+
+
+async def test_a_weak_bound_method_whose_instance_goes_first_does_not_warn(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    sig = AsyncSignal()
+
+    class Subscriber:  # e.g. one per websocket connection
+        def __init__(self) -> None:
+            sig.connect(self.on_event)
+
+        def on_event(self, sender: Any, **kw: Any) -> None:
+            return None
+
+    subscribers = [Subscriber() for _ in range(3)]
+    del subscribers
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, WeakReceiverWarning)]
+    assert sig.receivers == []
 
 
 async def test_suspending_receivers_start_together() -> None:
