@@ -78,6 +78,20 @@ def redis_url() -> str:
 
 
 @pytest.fixture
+def connect() -> Iterator[Any]:
+    """connect(signal, fn, sender=None): a strong connection for the test's lifetime only."""
+    made: list[tuple[Any, Any, Any]] = []
+
+    def _connect(sig: Any, fn: Any, sender: Any = None) -> None:
+        sig.connect(fn, sender=sender, weak=False)
+        made.append((sig, fn, sender))
+
+    yield _connect
+    for sig, fn, sender in made:
+        sig.disconnect(fn, sender=sender)
+
+
+@pytest.fixture
 def free_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

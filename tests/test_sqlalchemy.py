@@ -189,20 +189,6 @@ def rec() -> Iterator[Recorder]:
     recorder.close()
 
 
-@pytest.fixture
-def connect() -> Iterator[Any]:
-    """connect(signal, fn, sender=None) for the test's lifetime (strong reference)."""
-    made: list[tuple[AsyncSignal, Any, Any]] = []
-
-    def _connect(sig: AsyncSignal, fn: Any, sender: Any = None) -> None:
-        sig.connect(fn, sender=sender, weak=False)
-        made.append((sig, fn, sender))
-
-    yield _connect
-    for sig, fn, sender in made:
-        sig.disconnect(fn, sender=sender)
-
-
 async def count(db: DB, model: Any) -> int:
     async with db.maker() as s:
         return int(await s.scalar(select(func.count()).select_from(model)) or 0)

@@ -119,19 +119,6 @@ def rec() -> Iterator[Recorder]:
     recorder.close()
 
 
-@pytest.fixture
-def connect() -> Iterator[Any]:
-    made: list[tuple[AsyncSignal, Any, Any]] = []
-
-    def _connect(sig: AsyncSignal, fn: Any, sender: Any = None) -> None:
-        sig.connect(fn, sender=sender, weak=False)
-        made.append((sig, fn, sender))
-
-    yield _connect
-    for sig, fn, sender in made:
-        sig.disconnect(fn, sender=sender)
-
-
 async def test_create_and_update(db: str, rec: Recorder) -> None:
     rec.watch(pre_save, post_save)
     author = await Author.create(name="Ann")
