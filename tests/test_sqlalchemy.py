@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import anyio
 import pytest
+from recording import Recorder
 from sqlalchemy import (
     Column,
     ForeignKey,
@@ -149,44 +150,6 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DB
         async with engine.begin() as conn:
             await conn.run_sync(models.Base.metadata.drop_all)
         await engine.dispose()
-
-
-@dataclass
-class Call:
-    signal: str
-    sender: Any
-    kwargs: dict[str, Any]
-
-
-class Recorder:
-    """Connects to signals strongly and records every call in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self._connected: list[tuple[AsyncSignal, Any, Any]] = []
-
-    def watch(self, *sigs: AsyncSignal, sender: Any = None) -> None:
-        for sig in sigs:
-
-            def record(sender: Any, signal: AsyncSignal, **kwargs: Any) -> None:
-                self.calls.append(Call(signal.name, sender, kwargs))  # type: ignore[attr-defined]
-
-            sig.connect(record, sender=sender, weak=False)
-            self._connected.append((sig, record, sender))
-
-    def named(self, name: str) -> list[Call]:
-        return [c for c in self.calls if c.signal == name]
-
-    def close(self) -> None:
-        for sig, fn, sender in self._connected:
-            sig.disconnect(fn, sender=sender)
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
 
 
 async def count(db: DB, model: Any) -> int:

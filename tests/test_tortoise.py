@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from recording import Recorder
 from tortoise import Tortoise, fields
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from asignals import AsyncSignal
 from asignals.contrib import tortoise as adapter
 from asignals.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
@@ -84,39 +83,6 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[st
             await Tortoise._drop_databases()
         else:
             await Tortoise.close_connections()
-
-
-@dataclass
-class Call:
-    signal: str
-    sender: Any
-    kwargs: dict[str, Any]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self._made: list[tuple[AsyncSignal, Any, Any]] = []
-
-    def watch(self, *sigs: AsyncSignal, sender: Any = None) -> None:
-        for sig in sigs:
-
-            def record(sender: Any, signal: AsyncSignal, **kwargs: Any) -> None:
-                self.calls.append(Call(str(signal.name), sender, kwargs))  # type: ignore[attr-defined]
-
-            sig.connect(record, sender=sender, weak=False)
-            self._made.append((sig, record, sender))
-
-    def close(self) -> None:
-        for sig, fn, sender in self._made:
-            sig.disconnect(fn, sender=sender)
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
 
 
 async def test_create_and_update(db: str, rec: Recorder) -> None:
