@@ -55,6 +55,7 @@ async def main() -> None:
     order = Order(id=42, total=99.5)
 
     # send_robust: every receiver runs; a failure is logged and returned in its slot.
+    print("send_robust: flaky_webhook fails on purpose; the ERROR line below is expected")
     for fn, result in await order_placed.send_robust(Order, order=order):
         print(f"{fn.__name__:>18} -> {result!r}")
 

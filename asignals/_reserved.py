@@ -1,0 +1,15 @@
+"""The keyword names a send never passes to receivers as they are.
+
+``signal`` and ``sender`` are what every receiver gets; the rest are per-call dispatch options.
+The core, the pytest recorder and the bridge's envelope all refuse or strip these names, so
+they live here once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Keywords with a meaning of their own in ``send(sender, **kwargs)``.
+RESERVED: Final = frozenset({"signal", "sender", "concurrent", "timeout", "max_concurrency"})
+
+__all__ = ["RESERVED"]
