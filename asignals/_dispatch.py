@@ -26,6 +26,10 @@ Failure semantics are ``asyncio.TaskGroup``'s everywhere: the first failure canc
 receivers still running, and every failure is raised together in an ``ExceptionGroup``.
 """
 
+# Receivers and their results are Any by nature here, and pyright's strict mode reports
+# ``type(value)`` of an Any as partially unknown: these two rules only repeat that.
+# pyright: reportUnknownArgumentType=false, reportUnknownVariableType=false
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +39,7 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -63,7 +67,7 @@ def _start_task(
     if _EAGER:
         # The task's first step runs now, inside the task (as with eager_task_factory, but
         # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
     return loop.create_task(coro, context=context)
 
 
@@ -312,7 +316,7 @@ class _Batch:
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
     """A trio task for one receiver (asyncio tasks run the receiver's coroutine directly)."""
     try:
-        value = _call(fn, mode, batch.named, None)
+        value: Any = _call(fn, mode, batch.named, None)
         if value is not None and hasattr(type(value), "__await__"):
             value = await value
     except Exception as exc:
@@ -352,7 +356,9 @@ def _split(batch: _Batch) -> None:
             task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared.context)
             continue
         try:
-            value = _call(fn, mode, named, None)  # a sync one runs inline, in the caller's context
+            value: Any = _call(
+                fn, mode, named, None
+            )  # a sync one runs inline, in the caller's context
             if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
                 results.append((fn, value))
                 continue
@@ -381,10 +387,12 @@ async def _wrap(awaitable: Awaitable[Any]) -> Any:
 
 
 def _as_coroutine(value: Any) -> Coroutine[Any, Any, Any]:
-    return value if type(value) is _COROUTINE else _wrap(value)
+    if type(value) is _COROUTINE:
+        coroutine: Coroutine[Any, Any, Any] = value
+        return coroutine
+    return _wrap(value)
 
 
-@types.coroutine
 def _drive(batch: _Batch) -> Generator[Any, Any, None]:
     """Run the batch's receivers in order, storing results in their slots.
 
@@ -401,6 +409,7 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
         fn = get()
         if fn is None:
             continue
+        value: Any
         try:
             if mode == ASYNC:
                 value = fn(**named)
@@ -413,7 +422,7 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             else:
                 value = fn(**named)
                 if value is not None and hasattr(type(value), "__await__"):
-                    value = yield from _as_coroutine(value)
+                    value = yield from _as_coroutine(value)  # type: ignore[misc]
         except Exception as exc:
             if not batch.robust:
                 raise
@@ -425,6 +434,11 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             # This receiver suspended, and _split started every one after it meanwhile.
             results[batch.held] = (fn, value)
             return
+
+
+if not TYPE_CHECKING:  # a coroutine to the interpreter (it yields from coroutines), a
+    # generator to the type checkers (it is stepped by hand)
+    _drive = types.coroutine(_drive)
 
 
 @types.coroutine
@@ -453,7 +467,7 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
         value = context.run(coro.send, None)
     except StopIteration as stop:
         return stop.value
-    return await _resume(coro, value, context)  # type: ignore[arg-type]
+    return await _resume(coro, value, context)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def run(
