@@ -347,6 +347,42 @@ async def _send(
     return results
 
 
+def _prepare(  # pyright: ignore[reportUnusedFunction] - the instrumentation entry
+    signal: AsyncSignal[..., Any], method: str, args: tuple[Any, ...], named: dict[str, Any]
+) -> tuple[Any, tuple[Row, ...], tuple[bool, float | None, int | None] | None] | None:
+    """What :func:`_send` does before it runs receivers, for instrumentation that runs them.
+
+    ``asignals.contrib.opentelemetry`` times each receiver, so it runs the rows itself through
+    :func:`asignals._dispatch.run`. Returns ``(sender, rows, options)``, or None when the send
+    reaches nobody; raises what a send raises for bad arguments; leaves in ``named`` the
+    receivers' keyword arguments, ``signal`` and ``sender`` included. The same steps as the
+    start of :func:`_send`, which inlines them: it is the hot path. Keep the two in step.
+    """
+    named.pop(_ROBUST, None)
+    options = None
+    if len(args) == 1 and RESERVED.isdisjoint(named):
+        sender = args[0]
+    else:
+        sender, options = _parse_call(signal, method, args, named)
+    names = signal._names
+    if names is not None and named.keys() != names:
+        signal._before(sender, named)
+    if signal._silent:
+        return None
+    cls = type(sender)  # pyright: ignore[reportUnknownVariableType]
+    if cls is str or cls is int or cls is bytes:
+        rows = signal._value_cache.get(sender)
+    else:
+        rows = signal._id_cache.get(id(sender))
+    if rows is None:
+        rows = signal._lookup(sender)
+    named["signal"] = signal
+    named["sender"] = sender
+    if options is None and signal._options:
+        options = (signal.concurrent, signal.timeout, signal.max_concurrency)
+    return sender, rows, options
+
+
 _send.__name__ = "send"
 _send.__qualname__ = "AsyncSignal.send"
 
