@@ -51,8 +51,10 @@ receivers still running, and every failure is raised together in an ``ExceptionG
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
+import itertools
 import logging
 import sys
 import types
@@ -201,13 +203,13 @@ class _Batch:
     __slots__ = (
         "doomed",
         "failures",
-        "held",
+        "later",
         "loop",
         "named",
-        "next",
         "ours",
         "parent",
         "parent_busy",
+        "rest",
         "results",
         "robust",
         "rows",
@@ -229,11 +231,12 @@ class _Batch:
     ) -> None:
         self.signal = signal
         self.rows = rows
-        self.next = start
+        # The rows not started yet: the driver takes them one by one, and _split takes all
+        # that are left when the driver suspends (so the driver stops after that receiver).
+        self.rest = itertools.islice(rows, start, None)
         self.named = named
         self.robust = robust
         self.results = results
-        self.held = -1  # the slot of the receiver the driver was suspended in, once split
 
     def prepare(
         self,
@@ -254,15 +257,17 @@ class _Batch:
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
         self.doomed: set[asyncio.Task[Any]] = set()  # the tasks cancel_all() cancelled
+        self.later: Results = []  # the results of the receivers _split started
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
+        later = self.later
         try:
-            self.results[slot] = (fn, task.result())
+            later[slot] = (fn, task.result())
         except asyncio.CancelledError:
-            self.results[slot] = (fn, None)
+            later[slot] = (fn, None)
         except Exception as error:
-            self.results[slot] = (fn, self.caught(entry, error))
+            later[slot] = (fn, self.caught(entry, error))
         except BaseException as error:
             self.fail(error)
 
@@ -344,7 +349,7 @@ async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> N
         value = await _invoke(fn, mode, batch.named, None, entry)
     except Exception as exc:
         value = batch.caught(entry, exc)
-    batch.results[slot] = (fn, value)
+    batch.later[slot] = (fn, value)
 
 
 def _split(batch: _Batch) -> None:
@@ -354,16 +359,15 @@ def _split(batch: _Batch) -> None:
     driver per task would make them start one loop iteration after another).
     """
     named = batch.named
-    results = batch.results
-    first = batch.next
-    batch.held = len(results)  # the driver stops after the receiver it is suspended in
-    results.append(_PENDING)
+    # Their results, in order, go after the suspended receiver's, which the driver appends.
+    results: Results = []
+    batch.later = results
     task_group = batch.task_group
     task_done = batch.task_done
-    for index in range(first, len(batch.rows)):
+    for get, mode, entry in batch.rest:
         if batch.failures:
+            collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
             return
-        get, mode, entry = batch.rows[index]
         fn = get()
         if fn is None:
             continue
@@ -415,12 +419,9 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
     straight up to whoever steps this generator, which then calls :func:`_split` so that the
     rest do not wait.
     """
-    rows = batch.rows
     named = batch.named
     results = batch.results
-    for index in range(batch.next, len(rows)):
-        batch.next = index + 1
-        get, mode, entry = rows[index]
+    for get, mode, entry in batch.rest:
         fn = get()
         if fn is None:
             continue
@@ -443,12 +444,8 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
                 raise
             log_failure(batch.signal, entry, named["sender"], exc)
             value = exc
-        if batch.held < 0:
-            results.append((fn, value))
-        else:
-            # This receiver suspended, and _split started every one after it meanwhile.
-            results[batch.held] = (fn, value)
-            return
+        # If this receiver suspended, _split took every row after it: the loop ends here.
+        results.append((fn, value))
 
 
 if not TYPE_CHECKING:  # a coroutine to the interpreter (it yields from coroutines), a
@@ -511,9 +508,12 @@ async def run(
     # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
     try:
-        value = driver.send(None)
-    except StopIteration:
-        return results  # nothing suspended: no task was needed
+        # A for loop, not driver.send(None): the end of a generator costs no StopIteration
+        # there, and most sends end here, with no receiver suspended and no task needed.
+        for value in driver:  # noqa: B007 - the first suspension, carried on below
+            break
+        else:
+            return results
     except Exception as exc:
         raise group(signal, [exc]) from None
     batch.prepare(loop, asyncio.current_task(), None)
@@ -556,6 +556,7 @@ async def run(
         batch.shared.restore()
     if batch.failures:
         raise group(signal, batch.failures)
+    results.extend(batch.later)
     return results
 
 
@@ -571,9 +572,10 @@ async def _run_trio(batch: _Batch) -> Results:
     try:
         async with anyio.create_task_group() as task_group:
             try:
-                value = driver.send(None)
-            except StopIteration:
-                return batch.results
+                for value in driver:  # noqa: B007 - as in run()
+                    break
+                else:
+                    return batch.results
             except Exception as exc:
                 raise group(batch.signal, [exc]) from None
             batch.prepare(None, None, task_group)
@@ -588,6 +590,7 @@ async def _run_trio(batch: _Batch) -> Results:
             batch.shared.restore()  # after the group: its tasks have all finished
     if batch.failures:
         raise group(batch.signal, batch.failures)
+    batch.results.extend(batch.later)
     return batch.results
 
 
