@@ -59,7 +59,7 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -76,19 +76,9 @@ _EAGER = sys.version_info >= (3, 12)
 
 _COROUTINE = types.CoroutineType
 _PENDING: Any = (None, None)  # a result slot whose receiver is still running
+#: Results no receiver returns as an awaitable: a set lookup instead of an attribute lookup.
+NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
 _UNSET: Any = object()
-
-
-def _start_task(
-    loop: asyncio.AbstractEventLoop,
-    coro: Coroutine[Any, Any, Any],
-    context: contextvars.Context,
-) -> asyncio.Task[Any]:
-    if _EAGER:
-        # The task's first step runs now, inside the task (as with eager_task_factory, but
-        # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
-    return loop.create_task(coro, context=context)
 
 
 class _Shared:
@@ -284,9 +274,13 @@ class _Batch:
         return None
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
-        slot, fn, entry = self.tasks.pop(task)
-        self.settle(slot, fn, entry, task)
-        if not self.tasks and self.waiter is not None and not self.waiter.done():
+        tasks = self.tasks
+        slot, fn, entry = tasks.pop(task)
+        try:
+            self.later[slot] = (fn, task.result())
+        except BaseException:  # failed or cancelled: the cold path
+            self.settle(slot, fn, entry, task)
+        if not tasks and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
@@ -364,6 +358,10 @@ def _split(batch: _Batch) -> None:
     batch.later = results
     task_group = batch.task_group
     task_done = batch.task_done
+    tasks = batch.tasks
+    loop = batch.loop
+    context = batch.shared.context
+    eager = _EAGER
     for get, mode, entry in batch.rest:
         if batch.failures:
             collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
@@ -376,13 +374,16 @@ def _split(batch: _Batch) -> None:
             # has already registered the sending task to be woken), so every one gets a task.
             slot = len(results)
             results.append(_PENDING)
-            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared.context)
+            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), context)
             continue
         try:
-            value: Any = _call(
-                fn, mode, named, None
-            )  # a sync one runs inline, in the caller's context
-            if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
+            # A sync receiver runs inline, in the caller's context.
+            value: Any = fn(**named) if mode != THREAD else _in_thread(fn, named, False)
+            if mode == INLINE and (
+                value is None
+                or type(value) in NOT_AWAITABLE
+                or not hasattr(type(value), "__await__")
+            ):
                 results.append((fn, value))
                 continue
         except Exception as exc:
@@ -392,12 +393,17 @@ def _split(batch: _Batch) -> None:
         results.append(_PENDING)
         if type(value) is not _COROUTINE:
             value = _wrap(value)
-        assert batch.loop is not None
-        task = _start_task(batch.loop, value, batch.shared.context)
-        if task.done():  # an eager task that ran to the end already
-            batch.settle(slot, fn, entry, task)
-            continue
-        batch.tasks[task] = (slot, fn, entry)
+        task: asyncio.Task[Any]
+        if eager:
+            # The task's first step runs now, inside the task (as with eager_task_factory,
+            # but for our tasks only, whatever factory the application set).
+            task = asyncio.Task(value, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
+            if task.done():  # it ran to the end already
+                batch.settle(slot, fn, entry, task)
+                continue
+        else:
+            task = loop.create_task(value, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+        tasks[task] = (slot, fn, entry)
         task.add_done_callback(task_done)
 
 

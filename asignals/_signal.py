@@ -82,11 +82,9 @@ _OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
 _ROBUST: Final = "\x00robust"
 # The keywords that take a send off its fast path.
 _SPECIAL: Final = RESERVED | {_ROBUST}
-# Results no receiver returns as an awaitable: the check costs a set lookup instead of an
-# attribute lookup on the result's type.
 # No send's keyword names equal it (_ROBUST is gone by then): sends take the slow path.
 _NEVER: Final = frozenset({_ROBUST})
-_NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
+_NOT_AWAITABLE: Final = _dispatch.NOT_AWAITABLE
 
 
 class _IdCache(dict[int, tuple[Row, ...]]):
