@@ -529,7 +529,9 @@ class AsyncSignal(Generic[P, R]):
         dispatch_uid: Hashable | None,
         sync_to_thread: bool,
     ) -> bool:
-        check_receiver(fn, self, None if self._spec is None else self._spec.allowed)
+        spec = self._spec
+        # The names a send passes, when known (a spec with **kwargs may pass any others).
+        check_receiver(fn, self, None if spec is None or spec.open else spec.allowed)
         if dispatch_uid is not None:
             try:
                 hash(dispatch_uid)
