@@ -80,10 +80,30 @@ def grid_chart(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    peers = sorted(p for p in peers if p != ASIGNALS)
+    with plt.rc_context({"font.size": 10, "legend.fontsize": 8.5}):
+        fig = _draw(plt, results, rows, sorted(p for p in peers if p != ASIGNALS), limit_of)
+        fig.suptitle(title)
+        if caption:
+            fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8.5, color="#555")
+        fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+    return out
+
+
+def _draw(
+    plt: Any,
+    results: Mapping[tuple[str, int], Mapping[str, HasNs]],
+    rows: Sequence[RowLike],
+    peers: list[str],
+    limit_of: Callable[[Any, int], str],
+) -> Any:
+    """One panel per row: the limit dashed, each peer thin, asignals thick with its ratios."""
     grid_rows = -(-len(rows) // _COLUMNS)
     fig, axes = plt.subplots(
-        grid_rows, _COLUMNS, figsize=(5.6 * _COLUMNS, 4.3 * grid_rows), squeeze=False
+        grid_rows, _COLUMNS, figsize=(5.0 * _COLUMNS, 4.0 * grid_rows), squeeze=False
     )
     flat = [ax for line in axes for ax in line]
     for ax in flat[len(rows) :]:
@@ -97,10 +117,9 @@ def grid_chart(
         label = f"{LIMIT}: {main}" + (f" ({', '.join(others)})" if others else "")
         ax.plot(x, limit, "k--", linewidth=1.6, label=label, zorder=3)
         for index, peer in enumerate(peers):
-            ys = [cell[peer].ns if peer in cell else None for _, cell in cells]
-            if all(y is None for y in ys):
+            points = [(i, cell[peer].ns) for i, (_, cell) in enumerate(cells) if peer in cell]
+            if not points:
                 continue
-            points = [(i, y) for i, y in zip(x, ys, strict=True) if y is not None]
             ax.plot(
                 [i for i, _ in points],
                 [y for _, y in points],
@@ -121,7 +140,7 @@ def grid_chart(
                     textcoords="offset points",
                     xytext=(0, 7),
                     ha="center",
-                    fontsize=8,
+                    fontsize=9,
                     color="#3f51b5",
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
                     zorder=5,
@@ -133,13 +152,5 @@ def grid_chart(
         ax.margins(y=0.15)
         ax.set_title(row.title)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(title)
-    if caption:
-        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, color="#555555")
-    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+        ax.legend(loc="best", framealpha=0.9)
+    return fig
