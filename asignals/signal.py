@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
-from . import background, dispatch
+from . import _held, background, dispatch
 from ._receivers import (
     ASYNC,
     VALUE_SENDER_TYPES,
@@ -448,6 +448,22 @@ class AsyncSignal:
             if options is not None:
                 raise TypeError("send_later() takes no dispatch options; set them on the signal")
         await background.submit_wait(self, sender, named)
+
+    def send_after_response(self, sender: Any = _MISSING, /, *args: Any, **named: Any) -> None:
+        """Hold ``send_nowait(sender, **kwargs)`` until the current request has succeeded.
+
+        For side effects that must not happen when the request fails (the confirmation email
+        of an order that a later step refuses): the send is delivered once the response went
+        out with a status the ``SignalsMiddleware`` delivers on (below 400 by default) and
+        dropped if the app raised. Raises ``RuntimeError`` outside a request served by it.
+        """
+        if sender is _MISSING or args or not _RESERVED.isdisjoint(named):
+            sender, options = _parse_call(self, "send_after_response", sender, args, named)
+            if options is not None:
+                raise TypeError(
+                    "send_after_response() takes no dispatch options; set them on the signal"
+                )
+        _held.hold(self, sender, named)
 
     # -- testing helpers ----------------------------------------------------------------
 
