@@ -1,12 +1,12 @@
 """Sends held for the current request: ``send_after_response`` and what delivers or drops them.
 
-``sig.send_after_response(sender, **kw)`` appends the send to the :class:`Hold` of the request
-being served; the server-side code that owns the request (``SignalsMiddleware``) later calls
-:func:`deliver` (each send goes to ``sig.send_nowait``) or :func:`drop`. This module knows
-nothing of ASGI: any request handler (a queue consumer, a CLI command) can open a hold with
-:func:`begin` and close it with :func:`end`.
+``sig.send_after_response(sender, **kw)`` appends the send to the :data:`Hold` of the request
+being served; the code that owns the request (``SignalsMiddleware``) sets :data:`current` to a
+fresh list before the request runs, resets it after, and calls :func:`deliver` (each send goes
+to ``sig.send_nowait``) or :func:`drop`. This module knows nothing of ASGI: any request handler
+(a queue consumer, a CLI command) can do the same.
 
-Why the ``ContextVar`` holds a mutable :class:`Hold` and not a tuple replaced on every hold:
+Why the ``ContextVar`` holds a mutable list and not a tuple replaced on every hold:
 frameworks run parts of one request in *copies* of its context. Starlette runs a ``def``
 endpoint through ``anyio.to_thread.run_sync``, which calls it in ``copy_context()`` in a worker
 thread; ``BaseHTTPMiddleware`` runs the rest of the app in a child task, which also copies the
@@ -21,13 +21,13 @@ with ``send_nowait`` called there. A ``Context`` copy is a constant-time snapsho
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import Context, ContextVar, Token, copy_context
+from contextvars import Context, ContextVar, copy_context
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .signal import AsyncSignal
 
-__all__ = ["Hold", "begin", "deliver", "drop", "end", "hold", "observers"]
+__all__ = ["CLOSED", "Hold", "current", "deliver", "drop", "hold", "names", "observers"]
 
 _NO_REQUEST: Final = (
     "send_after_response() holds the send until the current request has succeeded, but no "
@@ -37,6 +37,13 @@ _NO_REQUEST: Final = (
 )
 
 HeldSend = tuple["AsyncSignal", Any, dict[str, Any], Context]
+#: The held sends of one request, in call order, then :data:`CLOSED` once they were delivered
+#: or dropped. A bare list: the middleware makes one per request, and a list costs a fifth of
+#: an object with attributes.
+Hold = list[Any]
+#: The last item of a closed :data:`Hold`.
+CLOSED: Final = object()
+
 #: ``observer(signal, sender, kwargs, status, exception)``
 DropObserver = Callable[
     ["AsyncSignal", Any, dict[str, Any], int | None, BaseException | None], None
@@ -45,22 +52,8 @@ DropObserver = Callable[
 #: Called for every dropped send; the pytest recorder adds itself here while it records.
 observers: list[DropObserver] = []
 
-
-class Hold:
-    """The sends held for one request, in call order; closed once delivered or dropped."""
-
-    __slots__ = ("closed", "sends")
-
-    def __init__(self) -> None:
-        self.sends: list[HeldSend] = []
-        self.closed = False
-
-    def names(self) -> str:
-        """The held signals, for log messages: ``order_confirmed, audit``."""
-        return ", ".join(_name(signal) for signal, _, _, _ in self.sends)
-
-
-_current: ContextVar[Hold | None] = ContextVar("asignals_held", default=None)
+#: The hold of the request running in this context; the request's owner sets and resets it.
+current: ContextVar[Hold | None] = ContextVar("asignals_held", default=None)
 
 
 def _name(signal: AsyncSignal) -> str:
@@ -74,51 +67,46 @@ def hold(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
     Raises ``RuntimeError`` outside a request (saying how to add the middleware) and after the
     request's held sends were delivered or dropped (a task that outlived its request).
     """
-    current = _current.get()
-    if current is None:
+    held = current.get()
+    if held is None:
         raise RuntimeError(_NO_REQUEST)
-    if current.closed:
+    if held and held[-1] is CLOSED:
         raise RuntimeError(
             f"send_after_response() of {_name(signal)} after its request had finished (its held "
             f"sends were already delivered or dropped): this code outlived the request, e.g. in "
             f"a task it started; use `sig.send_nowait(...)` there"
         )
-    current.sends.append((signal, sender, kwargs, copy_context()))
+    held.append((signal, sender, kwargs, copy_context()))
 
 
-def begin() -> tuple[Hold, Token[Hold | None]]:
-    """Open a hold for the request about to run here; give the token back to :func:`end`."""
-    current = Hold()
-    return current, _current.set(current)
+def names(held: Hold) -> str:
+    """The held signals, for log messages: ``order_confirmed, audit``."""
+    return ", ".join(_name(send[0]) for send in held if send is not CLOSED)
 
 
-def end(token: Token[Hold | None]) -> None:
-    """Stop holding sends in this context (the hold itself stays as delivered or dropped)."""
-    _current.reset(token)
-
-
-def deliver(current: Hold) -> list[Exception]:
-    """Hand every held send to ``send_nowait``, in call order, each in its own context.
+def deliver(held: Hold) -> list[Exception]:
+    """Hand every held send to ``send_nowait``, in call order, each in its own context; close.
 
     A send that cannot be scheduled (no dispatcher, a full backlog) does not stop the others;
     the errors are returned, in order, for the caller to report.
     """
-    current.closed = True
+    sends = held[:]
+    held[:] = [CLOSED]
     errors: list[Exception] = []
-    for signal, sender, kwargs, context in current.sends:
+    for signal, sender, kwargs, context in sends:
         try:
             context.run(signal.send_nowait, sender, **kwargs)
         except Exception as exc:
             errors.append(exc)
-    current.sends = []
     return errors
 
 
-def drop(current: Hold, status: int | None, exception: BaseException | None) -> None:
-    """Forget every held send: the request failed with ``status`` or ``exception``."""
-    current.closed = True
+def drop(held: Hold, status: int | None, exception: BaseException | None) -> None:
+    """Forget every held send, the request having failed with ``status`` or ``exception``;
+    close."""
+    sends = [send for send in held if send is not CLOSED]
+    held[:] = [CLOSED]
     if observers:
-        for signal, sender, kwargs, _ in current.sends:
+        for signal, sender, kwargs, _ in sends:
             for observer in list(observers):
                 observer(signal, sender, kwargs, status, exception)
-    current.sends = []

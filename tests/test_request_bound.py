@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from request_bound_app import build, held, request_id, served_app
 from starlette.applications import Starlette
 
@@ -280,6 +280,32 @@ async def test_a_deliver_on_that_raises_drops_and_logs_an_error(
     assert isinstance(signal_recorder.dropped[0].exception, ValueError)
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "deliver_on(200) raised for POST /ok/1" in record.getMessage()
+
+
+async def test_the_recorder_lists_dropped_sends_of_watched_signals_until_closed() -> None:
+    other = AsyncSignal(name="other")
+    app = FastAPI()
+    app.add_middleware(SignalsMiddleware)
+
+    @app.post("/")
+    async def refused() -> None:
+        held.send_after_response("api", n=1, step=1)
+        other.send_after_response("api")
+        raise HTTPException(status_code=409)
+
+    transport = httpx.ASGITransport(app=app)
+    async with dispatcher(), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with SignalRecorder(held) as recorder:
+            assert (await client.post("/")).status_code == 409
+        assert (await client.post("/")).status_code == 409  # after close: not recorded
+    [drop] = recorder.dropped
+    assert (drop.signal, drop.sender, drop.kwargs, drop.status) == (
+        held,
+        "api",
+        {"n": 1, "step": 1},
+        409,
+    )
+    assert recorder.sends == []
 
 
 # -- under a real uvicorn --------------------------------------------------------------------

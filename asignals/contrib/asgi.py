@@ -157,16 +157,18 @@ class SignalsMiddleware:
         sender = self._sender
         if sender is None:
             sender = scope.get("app", self.app)
-        held, token = _held.begin()
+        held: _held.Hold = []
+        token = _held.current.set(held)
         status: int | None = None
         app_send: Send = send
         if scope["type"] == "http":
-
-            async def send_and_watch(message: Message) -> None:
+            # A plain function handing back send's awaitable: no coroutine of its own per
+            # message on the response path.
+            def send_and_watch(message: Message) -> Awaitable[None]:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                await send(message)
+                return send(message)
 
             app_send = send_and_watch
         try:
@@ -176,25 +178,22 @@ class SignalsMiddleware:
             except Exception as exc:
                 await got_request_exception.send_robust(sender, scope=scope, exception=exc)
                 await request_finished.send_robust(sender, scope=scope)
-                self._drop(held, scope, status, exc)
                 raise
-            except BaseException as exc:
+            except BaseException:
                 # Cancelled (client gone, server stopping): still tell receivers it finished.
                 with anyio.CancelScope(shield=True):
                     await request_finished.send_robust(sender, scope=scope)
-                self._drop(held, scope, status, exc)
                 raise
             await request_finished.send_robust(sender, scope=scope)
         except BaseException as exc:
-            if not held.closed:  # request_started or request_finished itself raised
-                self._drop(held, scope, status, exc)
+            self._drop(held, scope, status, exc)
             raise
         finally:
-            _held.end(token)
-        if held.sends:
+            _held.current.reset(token)
+        if held:
             self._settle(held, scope, status)
         else:
-            held.closed = True
+            held.append(_held.CLOSED)
 
     def _settle(self, held: _held.Hold, scope: Scope, status: int | None) -> None:
         """The app returned: deliver the held sends if ``status`` says the request succeeded."""
@@ -209,7 +208,7 @@ class SignalsMiddleware:
                     "asignals: deliver_on(%r) raised for %s; dropping its held sends (%s)",
                     status,
                     _describe(scope),
-                    held.names(),
+                    _held.names(held),
                     exc_info=True,
                 )
                 self._drop(held, scope, status, exc)
@@ -231,7 +230,7 @@ class SignalsMiddleware:
     def _drop(
         held: _held.Hold, scope: Scope, status: int | None, exception: BaseException | None
     ) -> None:
-        if held.sends and logger.isEnabledFor(logging.DEBUG):
+        if held and logger.isEnabledFor(logging.DEBUG):
             if exception is not None:
                 why = f"the app raised {exception!r}"
             elif status is None:
@@ -240,9 +239,9 @@ class SignalsMiddleware:
                 why = f"status {status} is not delivered on"
             logger.debug(
                 "asignals: dropped %d held send(s) of %s (%s): %s",
-                len(held.sends),
+                len(held),
                 _describe(scope),
-                held.names(),
+                _held.names(held),
                 why,
             )
         _held.drop(held, status, exception)
