@@ -182,6 +182,31 @@ async def websocket(app: Any, path: str, text: str) -> None:
     await app({**scope, "headers": [], "query_string": b""}, receive, send)
 
 
+async def test_a_cancelled_request_drops_its_held_sends(signal_recorder: SignalRecorder) -> None:
+    signal_recorder.watch(held)
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        held.send_after_response("slow", n=1, step=1)
+        await anyio.sleep(10)  # the client goes away before this ends
+
+    scope = {"type": "http", "method": "GET", "path": "/slow", "headers": []}
+    async with dispatcher():
+        with anyio.move_on_after(0.05):
+            await SignalsMiddleware(slow_app)(scope, _never, _ignore)
+    assert delivered(signal_recorder) == []
+    assert dropped(signal_recorder) == [("slow", 1, 1)]
+    assert isinstance(signal_recorder.dropped[0].exception, anyio.get_cancelled_exc_class())
+
+
+async def _never() -> dict[str, Any]:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def _ignore(message: Any) -> None:
+    pass
+
+
 async def test_200_concurrent_requests_half_failing_deliver_exactly_the_successful_half(
     signal_recorder: SignalRecorder,
 ) -> None:
