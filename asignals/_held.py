@@ -25,7 +25,7 @@ from contextvars import Context, ContextVar, copy_context
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from .signal import AsyncSignal
+    from ._signal import AsyncSignal
 
 __all__ = ["CLOSED", "Hold", "current", "deliver", "drop", "hold", "names", "observers"]
 
