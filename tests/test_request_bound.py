@@ -22,6 +22,7 @@ from fastapi import FastAPI, HTTPException
 from request_bound_app import build, held, request_id, served_app
 from starlette.applications import Starlette
 
+import asignals
 import asignals.background
 from asignals import AsyncSignal, dispatcher
 from asignals.contrib.asgi import SignalsMiddleware
@@ -274,6 +275,16 @@ async def test_a_task_outliving_its_request_cannot_hold_any_more() -> None:
 def test_send_after_response_checks_its_arguments_as_send_nowait(call: Any, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         call()
+
+
+@asignals.signal
+def order_confirmed(sender: str, *, order_id: int) -> None:
+    """A typed signal: its keyword names are checked when the send is held."""
+
+
+def test_a_typed_signal_checks_the_keyword_names_when_the_send_is_held() -> None:
+    with pytest.raises(TypeError, match="order_id"):
+        order_confirmed.send_after_response("api", order=1)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("deliver_on", [400, "status < 400", None], ids=["int", "str", "none"])
