@@ -62,6 +62,17 @@ def _below_400(status: int) -> bool:
     return status < 400
 
 
+def _takes(fn: object, count: int) -> bool:
+    """Whether ``fn`` can be called with ``count`` positional arguments."""
+    try:
+        inspect.signature(fn).bind(*(None,) * count)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:
+        pass  # no introspectable signature (a builtin): trust it
+    return True
+
+
 def _check_asgi_app(app: object) -> None:
     """Refuse, at construction, what could never be called as ``app(scope, receive, send)``."""
     if isinstance(app, str):
@@ -78,15 +89,11 @@ def _check_asgi_app(app: object) -> None:
             f"SignalsMiddleware got the class {app.__qualname__}, not an ASGI application "
             f"instance; pass an instance (ASGI 2 double-callable classes are not supported)"
         )
-    try:
-        inspect.signature(app).bind(None, None, None)
-    except TypeError:
+    if not _takes(app, 3):
         raise TypeError(
             f"SignalsMiddleware needs an ASGI application callable as app(scope, receive, "
             f"send); {app!r} does not take those three arguments"
-        ) from None
-    except ValueError:
-        pass  # no introspectable signature (a builtin): trust it
+        )
 
 
 def _check_lifespan(user_lifespan: object) -> None:
@@ -109,15 +116,11 @@ def _check_lifespan(user_lifespan: object) -> None:
             f"manager (as FastAPI's lifespan=), or None; got {user_lifespan!r} of type "
             f"{type(user_lifespan).__name__}"
         )
-    try:
-        inspect.signature(user_lifespan).bind(None)
-    except TypeError:
+    if not _takes(user_lifespan, 1):
         raise TypeError(
             f"make_lifespan() needs a lifespan function called as lifespan(app); "
             f"{user_lifespan!r} does not take that one argument"
-        ) from None
-    except ValueError:
-        pass  # no introspectable signature (a builtin): trust it
+        )
 
 
 class SignalsMiddleware:
