@@ -1,7 +1,25 @@
-"""How a send runs the receivers that need awaiting.
+"""How a send runs the receivers that need awaiting. Private: nothing here knows AsyncSignal.
 
-``AsyncSignal.send`` runs sync receivers itself and calls :func:`run` with the rest of its
-rows as soon as one receiver needs awaiting.
+``AsyncSignal.send``/``send_robust`` (both ``AsyncSignal._send``) run sync receivers
+themselves and call :func:`run` with the rest of their rows as soon as one receiver needs
+awaiting, or with all of them when dispatch options are set. The entry point, for
+instrumentation too (``asignals.contrib.opentelemetry`` times receivers through it)::
+
+    await run(signal, rows, start, results, named, robust,
+              concurrent=True, timeout=None, max_concurrency=None) -> results
+
+- ``signal``: only used in messages (``repr``) and logs;
+- ``rows``: ``(getter, mode, entry)`` tuples (:data:`asignals._receivers.Row`): ``getter()`` is
+  the receiver or None once collected, ``mode`` ``INLINE``/``ASYNC``/``THREAD``, ``entry.name``
+  its readable name. A row whose getter returns a wrapper of the receiver runs the wrapper;
+- ``start``: the first row to run; ``results``: the ``(receiver, result)`` pairs of the rows
+  before it, extended in place and returned in connection order;
+- ``named``: the keyword arguments every receiver gets, ``signal`` and ``sender`` included;
+- ``robust``: ``send_robust``'s handling (log with :func:`log_failure`, return the exception)
+  instead of ``send``'s (raise :func:`group` of every failure).
+
+A receiver's failure outside a batch goes through :func:`failed`; one past its ``timeout`` is
+a :class:`ReceiverTimeout`.
 
 The default strategy is built around one observation: most async receivers finish without
 ever suspending, and a task per receiver (``gather``, a TaskGroup, even an eager task) costs
@@ -244,13 +262,21 @@ class _Batch:
         except asyncio.CancelledError:
             self.results[slot] = (fn, None)
         except Exception as error:
-            if not self.robust:
-                self.fail(error)
-                return
-            log_failure(self.signal, entry, self.named["sender"], error)
-            self.results[slot] = (fn, error)
+            self.results[slot] = (fn, self.caught(entry, error))
         except BaseException as error:
             self.fail(error)
+
+    def caught(self, entry: _Entry, error: Exception) -> Any:
+        """A receiver of the batch raised ``error``; return what goes in its slot.
+
+        ``send_robust`` logs it and returns it; ``send`` keeps it for the group and cancels
+        the receivers still running (the slot's value no longer matters).
+        """
+        if self.robust:
+            log_failure(self.signal, entry, self.named["sender"], error)
+            return error
+        self.fail(error)
+        return None
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         slot, fn, entry = self.tasks.pop(task)
@@ -259,9 +285,18 @@ class _Batch:
             self.waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
+        """Keep ``error`` for the group; the first one cancels the others.
+
+        On trio they are cancelled through the task group, whose scope respects shields and
+        whose own ``ExceptionGroup`` never sees a receiver's exception: ``send`` raises the same
+        group on every loop.
+        """
         self.failures.append(error)
         if len(self.failures) == 1:
-            self.cancel_all()
+            if self.task_group is not None:
+                self.task_group.cancel_scope.cancel()
+            else:
+                self.cancel_all()
 
     def cancel_all(self) -> None:
         """Cancel every receiver still running, as AnyIO would: never through a shield.
@@ -288,16 +323,6 @@ class _Batch:
         if retry and self.loop is not None:
             self.loop.call_soon(self.cancel_all)
 
-    def fail_trio(self, error: Exception) -> None:
-        """trio: keep ``error`` for the group and cancel the others through the task group.
-
-        The group's scope respects shields, and its ``ExceptionGroup`` never sees a receiver's
-        exception, so ``send`` raises the same group on every loop.
-        """
-        self.failures.append(error)
-        assert self.task_group is not None
-        self.task_group.cancel_scope.cancel()
-
     async def wait(self) -> None:
         """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
         cancelled: asyncio.CancelledError | None = None
@@ -316,15 +341,9 @@ class _Batch:
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
     """A trio task for one receiver (asyncio tasks run the receiver's coroutine directly)."""
     try:
-        value: Any = _call(fn, mode, batch.named, None)
-        if value is not None and hasattr(type(value), "__await__"):
-            value = await value
+        value = await _invoke(fn, mode, batch.named, None, entry)
     except Exception as exc:
-        if not batch.robust:
-            batch.fail_trio(exc)
-            return
-        log_failure(batch.signal, entry, batch.named["sender"], exc)
-        value = exc
+        value = batch.caught(entry, exc)
     batch.results[slot] = (fn, value)
 
 
@@ -363,11 +382,7 @@ def _split(batch: _Batch) -> None:
                 results.append((fn, value))
                 continue
         except Exception as exc:
-            if not batch.robust:
-                batch.fail(exc)
-                return
-            log_failure(batch.signal, entry, named["sender"], exc)
-            results.append((fn, exc))
+            results.append((fn, batch.caught(entry, exc)))
             continue
         slot = len(results)
         results.append(_PENDING)
@@ -567,7 +582,7 @@ async def _run_trio(batch: _Batch) -> Results:
             try:
                 await _resume(driver, value, None)
             except Exception as exc:
-                batch.fail_trio(exc)
+                batch.fail(exc)
     finally:
         if prepared:
             batch.shared.restore()  # after the group: its tasks have all finished
@@ -592,6 +607,16 @@ def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> A
     return fn(**named)
 
 
+async def _invoke(
+    fn: Any, mode: int, named: dict[str, Any], timeout: float | None, entry: _Entry
+) -> Any:
+    """The per-receiver step outside the driver: call it, await what it returned (bounded)."""
+    value = _call(fn, mode, named, timeout)
+    if value is not None and hasattr(type(value), "__await__"):
+        value = await _bounded(value, timeout, entry)
+    return value
+
+
 async def _run_sequential(
     signal: object,
     rows: tuple[Row, ...],
@@ -606,9 +631,7 @@ async def _run_sequential(
         if fn is None:
             continue
         try:
-            value = _call(fn, mode, named, timeout)
-            if value is not None and hasattr(type(value), "__await__"):
-                value = await _bounded(value, timeout, entry)
+            value = await _invoke(fn, mode, named, timeout, entry)
         except Exception as exc:
             value = failed(signal, entry, named["sender"], exc, robust)
         results.append((fn, value))
