@@ -155,6 +155,34 @@ async def test_a_def_endpoint_holds_sends_from_its_worker_thread(
     assert sorted(seen) == sorted(f"sync-{n}" for n in range(3) for _ in (1, 2))
 
 
+async def test_sends_held_under_a_base_http_middleware_reach_the_signals_middleware(
+    signal_recorder: SignalRecorder,
+) -> None:
+    """BaseHTTPMiddleware runs the rest of the app in a child task, in a copy of the context."""
+    signal_recorder.watch(held)
+    app = FastAPI()
+    tasks: set[object] = set()
+
+    @app.middleware("http")
+    async def tag(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    app.add_middleware(SignalsMiddleware)  # added last: outermost, around the http middleware
+
+    @app.post("/{n}")
+    async def endpoint(n: int) -> None:
+        tasks.add(anyio.get_current_task().id)
+        held.send_after_response("base", n=n, step=1)
+
+    async with dispatcher():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.post("/1")).status_code == 200
+            outer = anyio.get_current_task().id
+    assert outer not in tasks
+    assert delivered(signal_recorder) == [("base", 1, 1)]
+
+
 async def test_a_websocket_delivers_when_its_app_returns_and_drops_when_it_raises(
     signal_recorder: SignalRecorder,
 ) -> None:
