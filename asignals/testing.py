@@ -4,7 +4,8 @@
 keyword arguments and the results (or the error the send raised), in the order the sends
 finished. It works for ``send``, ``send_robust`` and background sends (``send_nowait``,
 ``send_later``, recorded when the dispatcher runs them), under pytest-asyncio, AnyIO's pytest
-plugin or no plugin at all: the fixture itself is synchronous.
+plugin or no plugin at all: the fixture itself is synchronous. ``send_after_response`` sends
+are recorded when delivered; those dropped because their request failed are in ``dropped``.
 
 Why the recorder wraps the signal's ``send``/``send_robust`` instead of connecting a receiver:
 a receiver cannot see the other receivers' results, it shows up in ``has_listeners()`` and in
@@ -34,14 +35,14 @@ from typing import Any, Final
 import anyio
 import pytest
 
+from . import _held
 from ._receivers import describe
-from .signal import AsyncSignal
+from ._reserved import RESERVED
+from ._signal import AsyncSignal
 
-__all__ = ["SentSignal", "SignalRecorder", "signal_recorder"]
+__all__ = ["DroppedSend", "SentSignal", "SignalRecorder", "signal_recorder"]
 
 _ANY: Final[Any] = object()  # "any sender" in the assertion helpers
-# Keywords of a send call that are not passed on to the receivers.
-_NOT_RECEIVER_KWARGS: Final = frozenset({"sender", "concurrent", "timeout", "max_concurrency"})
 
 # Set while a recorded send runs, so a send nested in it (none today) is not recorded twice.
 _recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -60,7 +61,7 @@ class SentSignal:
     results: list[tuple[Any, Any]] | None
     error: BaseException | None = None
     robust: bool = False
-    receivers: list[str] = field(default_factory=list)
+    receivers: list[str] = field(default_factory=list[str])
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -68,6 +69,18 @@ class SentSignal:
         if self.error is not None:
             return f"{head} -> raised {self.error!r}"
         return f"{head} -> {len(self.results or ())} result(s)"
+
+
+@dataclass(frozen=True)
+class DroppedSend:
+    """A ``send_after_response`` dropped because its request failed: ``status`` is the
+    response status (None when none was sent), ``exception`` what the app raised (or None)."""
+
+    signal: AsyncSignal
+    sender: Any
+    kwargs: dict[str, Any]
+    status: int | None
+    exception: BaseException | None
 
 
 class SignalRecorder:
@@ -78,8 +91,11 @@ class SignalRecorder:
 
     def __init__(self, *signals: AsyncSignal) -> None:
         self.sends: list[SentSignal] = []
+        #: The held sends of watched signals that were dropped, oldest first.
+        self.dropped: list[DroppedSend] = []
         self._wrapped: list[tuple[AsyncSignal, str, Callable[..., Any]]] = []
         self._active = True
+        _held.observers.append(self._on_drop)
         self.watch(*signals)
 
     # -- watching -----------------------------------------------------------------------
@@ -108,7 +124,7 @@ class SignalRecorder:
             if not self._active or _recording.get():
                 return await inner(*args, **kwargs)
             sender = args[0] if args else kwargs.get("sender")
-            named = {k: v for k, v in kwargs.items() if k not in _NOT_RECEIVER_KWARGS}
+            named = {k: v for k, v in kwargs.items() if k not in RESERVED}
             token = _recording.set(True)
             try:
                 results = await inner(*args, **kwargs)
@@ -134,9 +150,22 @@ class SignalRecorder:
         names = [describe(r) for r, _ in results] if results else []
         self.sends.append(SentSignal(signal, sender, kwargs, results, error, robust, names))
 
+    def _on_drop(
+        self,
+        signal: AsyncSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+        status: int | None,
+        exception: BaseException | None,
+    ) -> None:
+        if any(s is signal for s, _, _ in self._wrapped):
+            self.dropped.append(DroppedSend(signal, sender, kwargs, status, exception))
+
     def close(self) -> None:
         """Stop recording and take the wrappers off the signals."""
         self._active = False
+        if self._on_drop in _held.observers:
+            _held.observers.remove(self._on_drop)
         for signal, method, wrapper in reversed(self._wrapped):
             if signal.__dict__.get(method) is wrapper:
                 delattr(signal, method)
@@ -163,6 +192,7 @@ class SignalRecorder:
     def clear(self) -> None:
         """Forget what was recorded so far (keep watching)."""
         self.sends.clear()
+        self.dropped.clear()
 
     def __iter__(self) -> Iterator[SentSignal]:
         return iter(list(self.sends))
@@ -184,10 +214,15 @@ class SignalRecorder:
         matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
         if matching and (times is None or len(matching) == times):
             return matching[-1]
-        expected = _expectation(signal, sender, kwargs)
         wanted = "at least once" if times is None else f"exactly {times} time(s)"
-        raise AssertionError(
-            f"expected {expected} {wanted}; {len(matching)} matching send(s)\n"
+        raise self._failure(signal, sender, kwargs, wanted, len(matching))
+
+    def _failure(
+        self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any], wanted: str, count: int
+    ) -> AssertionError:
+        expected = _expectation(signal, sender, kwargs)
+        return AssertionError(
+            f"expected {expected} {wanted}; {count} matching send(s)\n"
             + self._report(signal, sender, kwargs)
         )
 
@@ -220,8 +255,8 @@ class SignalRecorder:
             if len(matching) >= times:
                 return matching[times - 1]
             if time.monotonic() >= deadline:
-                self.assert_sent(signal, sender=sender, times=times, **kwargs)
-                raise AssertionError("unreachable")  # pragma: no cover
+                wanted = f"at least {times} time(s) within {timeout}s"
+                raise self._failure(signal, sender, kwargs, wanted, len(matching))
             await anyio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
     def _report(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> str:

@@ -1,7 +1,25 @@
-"""How a send runs the receivers that need awaiting.
+"""How a send runs the receivers that need awaiting. Private: nothing here knows AsyncSignal.
 
-``AsyncSignal.send`` runs sync receivers itself and calls :func:`run` with the rest of its
-rows as soon as one receiver needs awaiting.
+``AsyncSignal.send``/``send_robust`` (both ``AsyncSignal._send``) run sync receivers
+themselves and call :func:`run` with the rest of their rows as soon as one receiver needs
+awaiting, or with all of them when dispatch options are set. The entry point, for
+instrumentation too (``asignals.contrib.opentelemetry`` times receivers through it)::
+
+    await run(signal, rows, start, results, named, robust,
+              concurrent=True, timeout=None, max_concurrency=None) -> results
+
+- ``signal``: only used in messages (``repr``) and logs;
+- ``rows``: ``(getter, mode, entry)`` tuples (:data:`asignals._receivers.Row`): ``getter()`` is
+  the receiver or None once collected, ``mode`` ``INLINE``/``ASYNC``/``THREAD``, ``entry.name``
+  its readable name. A row whose getter returns a wrapper of the receiver runs the wrapper;
+- ``start``: the first row to run; ``results``: the ``(receiver, result)`` pairs of the rows
+  before it, extended in place and returned in connection order;
+- ``named``: the keyword arguments every receiver gets, ``signal`` and ``sender`` included;
+- ``robust``: ``send_robust``'s handling (log with :func:`log_failure`, return the exception)
+  instead of ``send``'s (raise :func:`group` of every failure).
+
+A receiver's failure outside a batch goes through :func:`failed`; one past its ``timeout`` is
+a :class:`ReceiverTimeout`.
 
 The default strategy is built around one observation: most async receivers finish without
 ever suspending, and a task per receiver (``gather``, a TaskGroup, even an eager task) costs
@@ -26,6 +44,10 @@ Failure semantics are ``asyncio.TaskGroup``'s everywhere: the first failure canc
 receivers still running, and every failure is raised together in an ``ExceptionGroup``.
 """
 
+# Receivers and their results are Any by nature here, and pyright's strict mode reports
+# ``type(value)`` of an Any as partially unknown: these two rules only repeat that.
+# pyright: reportUnknownArgumentType=false, reportUnknownVariableType=false
+
 from __future__ import annotations
 
 import asyncio
@@ -42,9 +64,6 @@ import anyio.abc
 import anyio.to_thread
 
 from ._receivers import ASYNC, INLINE, THREAD, Row, _Entry
-
-if TYPE_CHECKING:
-    from .signal import AsyncSignal
 
 logger = logging.getLogger("asignals")
 
@@ -66,7 +85,7 @@ def _start_task(
     if _EAGER:
         # The task's first step runs now, inside the task (as with eager_task_factory, but
         # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
     return loop.create_task(coro, context=context)
 
 
@@ -91,7 +110,31 @@ class _Shared:
                 var.set(value)
 
 
-def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseException) -> None:
+class ReceiverTimeout(TimeoutError):
+    """A receiver ran past the send's ``timeout`` and was cancelled.
+
+    A ``TimeoutError``, so ``except* TimeoutError`` catches it; its message names the receiver
+    and the limit, and ``send_robust`` logs it as one line instead of a traceback of the
+    library's internals.
+    """
+
+    def __init__(self, receiver: str, limit: float) -> None:
+        super().__init__(f"receiver {receiver} did not finish within timeout={limit}s")
+        self.receiver = receiver
+        self.limit = limit
+
+
+def log_failure(signal: object, entry: _Entry, sender: Any, exc: BaseException) -> None:
+    """``send_robust``'s report of one receiver's exception, on the ``asignals`` logger."""
+    if isinstance(exc, ReceiverTimeout):
+        logger.error(
+            "%s in %r.send_robust() (sender=%r) timed out after %ss and was cancelled",
+            entry.name,
+            signal,
+            sender,
+            exc.limit,
+        )
+        return
     logger.error(
         "Error calling %s in %r.send_robust() (sender=%r): %r",
         entry.name,
@@ -102,8 +145,42 @@ def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseExcept
     )
 
 
-def _group(signal: AsyncSignal, failures: list[BaseException]) -> BaseExceptionGroup:
+def group(signal: object, failures: list[BaseException]) -> BaseExceptionGroup:
+    """The one exception ``send`` raises when receivers failed, whatever the loop and option."""
     return BaseExceptionGroup(f"{len(failures)} receiver(s) of {signal!r} raised", failures)
+
+
+def failed(signal: object, entry: _Entry, sender: Any, exc: Exception, robust: bool) -> Any:
+    """A receiver raised ``exc`` where nothing else is running: the cold path of a send.
+
+    ``send`` raises the group; ``send_robust`` logs the failure and returns it as the result.
+    """
+    if not robust:
+        raise group(signal, [exc]) from None
+    log_failure(signal, entry, sender, exc)
+    return exc
+
+
+def _shielded(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is inside a shielded AnyIO cancel scope right now.
+
+    ``Task.cancel()`` would break through such a shield (AnyIO delivers its own cancellations
+    only outside shields), and the receiver's own exception, raised once it leaves the shield,
+    would be lost. AnyIO offers no public way to ask, so this reads its task state and assumes
+    "not shielded" if that ever changes. Only called after a receiver failed.
+    """
+    backend = sys.modules.get("anyio._backends._asyncio")
+    states = getattr(backend, "_task_states", None)
+    try:
+        state = states.get(task) if states is not None else None
+        scope = getattr(state, "cancel_scope", None)
+        while scope is not None:
+            if getattr(scope, "_shield", False):
+                return True
+            scope = getattr(scope, "_parent_scope", None)
+    except Exception:
+        return False
+    return False
 
 
 def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, Any, Any]:
@@ -122,6 +199,7 @@ class _Batch:
     """
 
     __slots__ = (
+        "doomed",
         "failures",
         "held",
         "loop",
@@ -142,7 +220,7 @@ class _Batch:
 
     def __init__(
         self,
-        signal: AsyncSignal,
+        signal: object,
         rows: tuple[Row, ...],
         start: int,
         named: dict[str, Any],
@@ -175,6 +253,7 @@ class _Batch:
         self.waiter: asyncio.Future[None] | None = None
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
+        self.doomed: set[asyncio.Task[Any]] = set()  # the tasks cancel_all() cancelled
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
@@ -183,13 +262,21 @@ class _Batch:
         except asyncio.CancelledError:
             self.results[slot] = (fn, None)
         except Exception as error:
-            if not self.robust:
-                self.fail(error)
-                return
-            log_failure(self.signal, entry, self.named["sender"], error)
-            self.results[slot] = (fn, error)
+            self.results[slot] = (fn, self.caught(entry, error))
         except BaseException as error:
             self.fail(error)
+
+    def caught(self, entry: _Entry, error: Exception) -> Any:
+        """A receiver of the batch raised ``error``; return what goes in its slot.
+
+        ``send_robust`` logs it and returns it; ``send`` keeps it for the group and cancels
+        the receivers still running (the slot's value no longer matters).
+        """
+        if self.robust:
+            log_failure(self.signal, entry, self.named["sender"], error)
+            return error
+        self.fail(error)
+        return None
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         slot, fn, entry = self.tasks.pop(task)
@@ -198,16 +285,43 @@ class _Batch:
             self.waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
+        """Keep ``error`` for the group; the first one cancels the others.
+
+        On trio they are cancelled through the task group, whose scope respects shields and
+        whose own ``ExceptionGroup`` never sees a receiver's exception: ``send`` raises the same
+        group on every loop.
+        """
         self.failures.append(error)
         if len(self.failures) == 1:
-            self.cancel_all()
+            if self.task_group is not None:
+                self.task_group.cancel_scope.cancel()
+            else:
+                self.cancel_all()
 
     def cancel_all(self) -> None:
+        """Cancel every receiver still running, as AnyIO would: never through a shield.
+
+        A receiver inside a shielded AnyIO scope is cancelled once it leaves it (retried on
+        each loop iteration, as AnyIO does), so an exception it raises meanwhile is kept.
+        """
+        retry = False
+        doomed = self.doomed
         for task in self.tasks:
+            if task in doomed:
+                continue
+            if _shielded(task):
+                retry = True
+                continue
+            doomed.add(task)
             task.cancel()
         if self.parent_busy and self.parent is not None and not self.ours:
-            self.ours = True
-            self.parent.cancel()
+            if _shielded(self.parent):
+                retry = True
+            else:
+                self.ours = True
+                self.parent.cancel()
+        if retry and self.loop is not None:
+            self.loop.call_soon(self.cancel_all)
 
     async def wait(self) -> None:
         """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
@@ -227,14 +341,9 @@ class _Batch:
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
     """A trio task for one receiver (asyncio tasks run the receiver's coroutine directly)."""
     try:
-        value = _call(fn, mode, batch.named, None)
-        if value is not None and hasattr(type(value), "__await__"):
-            value = await value
+        value = await _invoke(fn, mode, batch.named, None, entry)
     except Exception as exc:
-        if not batch.robust:
-            raise
-        log_failure(batch.signal, entry, batch.named["sender"], exc)
-        value = exc
+        value = batch.caught(entry, exc)
     batch.results[slot] = (fn, value)
 
 
@@ -266,16 +375,14 @@ def _split(batch: _Batch) -> None:
             task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared.context)
             continue
         try:
-            value = _call(fn, mode, named, None)  # a sync one runs inline, in the caller's context
+            value: Any = _call(
+                fn, mode, named, None
+            )  # a sync one runs inline, in the caller's context
             if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
                 results.append((fn, value))
                 continue
         except Exception as exc:
-            if not batch.robust:
-                batch.fail(exc)
-                return
-            log_failure(batch.signal, entry, named["sender"], exc)
-            results.append((fn, exc))
+            results.append((fn, batch.caught(entry, exc)))
             continue
         slot = len(results)
         results.append(_PENDING)
@@ -295,10 +402,12 @@ async def _wrap(awaitable: Awaitable[Any]) -> Any:
 
 
 def _as_coroutine(value: Any) -> Coroutine[Any, Any, Any]:
-    return value if type(value) is _COROUTINE else _wrap(value)
+    if type(value) is _COROUTINE:
+        coroutine: Coroutine[Any, Any, Any] = value
+        return coroutine
+    return _wrap(value)
 
 
-@types.coroutine
 def _drive(batch: _Batch) -> Generator[Any, Any, None]:
     """Run the batch's receivers in order, storing results in their slots.
 
@@ -315,6 +424,7 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
         fn = get()
         if fn is None:
             continue
+        value: Any
         try:
             if mode == ASYNC:
                 value = fn(**named)
@@ -327,7 +437,7 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             else:
                 value = fn(**named)
                 if value is not None and hasattr(type(value), "__await__"):
-                    value = yield from _as_coroutine(value)
+                    value = yield from _as_coroutine(value)  # type: ignore[misc]
         except Exception as exc:
             if not batch.robust:
                 raise
@@ -339,6 +449,11 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             # This receiver suspended, and _split started every one after it meanwhile.
             results[batch.held] = (fn, value)
             return
+
+
+if not TYPE_CHECKING:  # a coroutine to the interpreter (it yields from coroutines), a
+    # generator to the type checkers (it is stepped by hand)
+    _drive = types.coroutine(_drive)
 
 
 @types.coroutine
@@ -367,11 +482,11 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
         value = context.run(coro.send, None)
     except StopIteration as stop:
         return stop.value
-    return await _resume(coro, value, context)  # type: ignore[arg-type]
+    return await _resume(coro, value, context)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def run(
-    signal: AsyncSignal,
+    signal: object,
     rows: tuple[Row, ...],
     start: int,
     results: Results,
@@ -400,7 +515,7 @@ async def run(
     except StopIteration:
         return results  # nothing suspended: no task was needed
     except Exception as exc:
-        raise _group(signal, [exc]) from None
+        raise group(signal, [exc]) from None
     batch.prepare(loop, asyncio.current_task(), None)
     batch.parent_busy = True
     caught: asyncio.CancelledError | None = None
@@ -440,7 +555,7 @@ async def run(
     finally:
         batch.shared.restore()
     if batch.failures:
-        raise _group(signal, batch.failures)
+        raise group(signal, batch.failures)
     return results
 
 
@@ -459,21 +574,31 @@ async def _run_trio(batch: _Batch) -> Results:
                 value = driver.send(None)
             except StopIteration:
                 return batch.results
+            except Exception as exc:
+                raise group(batch.signal, [exc]) from None
             batch.prepare(None, None, task_group)
             prepared = True
             _split(batch)
-            await _resume(driver, value, None)
+            try:
+                await _resume(driver, value, None)
+            except Exception as exc:
+                batch.fail(exc)
     finally:
         if prepared:
             batch.shared.restore()  # after the group: its tasks have all finished
+    if batch.failures:
+        raise group(batch.signal, batch.failures)
     return batch.results
 
 
-async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+async def _bounded(awaitable: Awaitable[Any], timeout: float | None, entry: _Entry) -> Any:
     if timeout is None:
         return await awaitable
-    with anyio.fail_after(timeout):
+    with anyio.move_on_after(timeout) as scope:
         return await awaitable
+    if scope.cancelled_caught:
+        raise ReceiverTimeout(entry.name, timeout)
+    return None  # the receiver swallowed its cancellation and returned nothing
 
 
 def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> Any:
@@ -482,8 +607,18 @@ def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> A
     return fn(**named)
 
 
+async def _invoke(
+    fn: Any, mode: int, named: dict[str, Any], timeout: float | None, entry: _Entry
+) -> Any:
+    """The per-receiver step outside the driver: call it, await what it returned (bounded)."""
+    value = _call(fn, mode, named, timeout)
+    if value is not None and hasattr(type(value), "__await__"):
+        value = await _bounded(value, timeout, entry)
+    return value
+
+
 async def _run_sequential(
-    signal: AsyncSignal,
+    signal: object,
     rows: tuple[Row, ...],
     start: int,
     results: Results,
@@ -496,20 +631,15 @@ async def _run_sequential(
         if fn is None:
             continue
         try:
-            value = _call(fn, mode, named, timeout)
-            if value is not None and hasattr(type(value), "__await__"):
-                value = await _bounded(value, timeout)
+            value = await _invoke(fn, mode, named, timeout, entry)
         except Exception as exc:
-            if not robust:
-                raise _group(signal, [exc]) from None
-            log_failure(signal, entry, named["sender"], exc)
-            value = exc
+            value = failed(signal, entry, named["sender"], exc, robust)
         results.append((fn, value))
     return results
 
 
 async def _run_bounded(
-    signal: AsyncSignal,
+    signal: object,
     rows: tuple[Row, ...],
     start: int,
     results: Results,
@@ -519,23 +649,32 @@ async def _run_bounded(
     max_concurrency: int | None,
 ) -> Results:
     limiter = anyio.Semaphore(max_concurrency) if max_concurrency is not None else None
+    failures: list[BaseException] = []
+    sender = named["sender"]
 
-    async def guarded(slot: int, entry: _Entry, awaitable: Awaitable[Any]) -> None:
+    def fail(entry: _Entry, exc: Exception, tg: anyio.abc.TaskGroup) -> Any:
+        if robust:
+            log_failure(signal, entry, sender, exc)
+            return exc
+        failures.append(exc)  # the group's scope cancels the others, never through a shield
+        tg.cancel_scope.cancel()
+        return None
+
+    async def guarded(
+        slot: int, entry: _Entry, awaitable: Awaitable[Any], tg: anyio.abc.TaskGroup
+    ) -> None:
         started = False
         try:
             if limiter is not None:
                 await limiter.acquire()
             try:
                 started = True
-                value = await _bounded(awaitable, timeout)
+                value = await _bounded(awaitable, timeout, entry)
             finally:
                 if limiter is not None:
                     limiter.release()
         except Exception as exc:
-            if not robust:
-                raise
-            log_failure(signal, entry, named["sender"], exc)
-            value = exc
+            value = fail(entry, exc, tg)
         finally:
             if not started and isinstance(awaitable, Coroutine):
                 awaitable.close()  # cancelled while waiting for the limiter
@@ -551,15 +690,18 @@ async def _run_bounded(
                 try:
                     value = _call(fn, mode, named, timeout)
                 except Exception as exc:
-                    if not robust:
-                        raise
-                    log_failure(signal, entry, named["sender"], exc)
-                    value = exc
+                    value = fail(entry, exc, tg)
+                    if failures:
+                        break
                 if value is not None and hasattr(type(value), "__await__"):
                     results.append((fn, None))
-                    tg.start_soon(_run_in, guarded(len(results) - 1, entry, value), shared.context)
+                    tg.start_soon(
+                        _run_in, guarded(len(results) - 1, entry, value, tg), shared.context
+                    )
                 else:
                     results.append((fn, value))
     finally:
         shared.restore()
+    if failures:
+        raise group(signal, failures)
     return results
