@@ -83,6 +83,7 @@ _OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
 _ROBUST: Final = "\x00robust"
 # The keywords that take a send off its fast path.
 _SPECIAL: Final = RESERVED | {_ROBUST}
+_ordinary: Final = _SPECIAL.isdisjoint  # bound once: one lookup less per send
 # No send's keyword names equal it (_ROBUST is gone by then): sends take the slow path.
 _NEVER: Final = frozenset({_ROBUST})
 _NOT_AWAITABLE: Final = _dispatch.NOT_AWAITABLE
@@ -290,7 +291,7 @@ async def _send(
     # ``sender`` are put in it once per send.
     options = None
     robust = False
-    if sender is _MISSING or args or not _SPECIAL.isdisjoint(named):
+    if sender is _MISSING or args or not _ordinary(named):
         robust = named.pop(_ROBUST, None) is True
         method = "send_robust" if robust else "send"
         given = args if sender is _MISSING else (sender, *args)
