@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterable
@@ -824,6 +825,12 @@ class AsyncSignal(Generic[P, R]):
             with self._lock:
                 self._muted -= 1
                 self._silent = not self._entries or self._muted > 0
+
+
+if sys.version_info >= (3, 12):
+    # send_robust returns send's coroutine (no second frame); introspection should still see
+    # a coroutine function, as it does for send.
+    inspect.markcoroutinefunction(AsyncSignal.send_robust)
 
 
 class _Connector(Generic[P, R]):

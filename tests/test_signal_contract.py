@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
+import sys
 import threading
 from typing import Any
 
@@ -495,3 +496,14 @@ async def test_prepare_and_run_do_what_a_send_does() -> None:
     assert _prepare(AsyncSignal(), "send", (None,), {}) is None
     with pytest.raises(TypeError, match="needs a sender"):
         _prepare(sig, "send", (), {})
+
+
+def test_the_senders_are_documented_methods_of_the_class() -> None:
+    for name in ("send", "send_robust", "send_nowait", "send_later", "wait_for"):
+        method = getattr(AsyncSignal, name)
+        assert method.__qualname__ == f"AsyncSignal.{name}"
+        assert method.__doc__ and method.__doc__.strip()
+    sig = AsyncSignal()
+    assert inspect.iscoroutinefunction(sig.send)
+    if sys.version_info >= (3, 12):
+        assert inspect.iscoroutinefunction(sig.send_robust)
