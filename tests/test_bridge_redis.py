@@ -1,4 +1,4 @@
-"""The Redis Streams bridge against real Redis servers and real worker processes."""
+"""The bridge over Redis Streams: Redis specifics, real worker processes, real restarts."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from asignals import AsyncSignal
 from asignals.contrib.redis import DecodeError, EncodeError, JsonCodec, PublishError, RedisBridge
 
-WORKER = Path(__file__).with_name("redis_worker.py")
+WORKER = Path(__file__).with_name("bridge_worker.py")
 FAST = {"claim_idle": 0.2, "block": 0.1, "reconnect_backoff": (0.02, 0.2)}
 
 
@@ -130,213 +130,10 @@ def test_codec_refuses_unregistered_types_by_name() -> None:
 # -- broadcast --------------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_broadcast_reaches_other_process_once_and_never_echoes(
-    redis_url: str, redis: Redis, stream: str
-) -> None:
-    here, there = AsyncSignal(name="placed"), AsyncSignal(name="placed")
-    local: list[Any] = []
-    remote: list[Any] = []
-    here.connect(lambda sender, **kw: local.append((sender, kw)), weak=False)
-    there.connect(lambda sender, **kw: remote.append((sender, kw)), weak=False)
-    a, b = bridge(redis_url, stream, here), bridge(redis_url, stream, there)
-    a.codec.register(Point)
-    b.codec.register(Point)
-    async with a, b:
-        point = Point(1, 2, dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
-        await here.send("orders", point=point, total=Decimal("9.99"))
-        await eventually(lambda: len(remote) == 1)
-        await asyncio.sleep(0.3)  # give any echo or duplicate time to show up
-    assert remote == [("orders", {"signal": there, "point": point, "total": Decimal("9.99")})]
-    assert len(local) == 1  # the sending process ran its receivers once, not again from Redis
-    assert await redis.xlen(stream) == 1  # the receiving side did not re-publish it
-
-
-@pytest.mark.anyio
-async def test_senders_travel_by_registered_name(redis_url: str, stream: str) -> None:
-    here, there = AsyncSignal(name="saved"), AsyncSignal(name="saved")
-    got: list[Any] = []
-    there.connect(lambda sender, **kw: got.append(("Order", kw["n"])), sender=Order, weak=False)
-    there.connect(lambda sender, **kw: got.append((sender, kw["n"])), sender=7, weak=False)
-    a = bridge(redis_url, stream, here, senders={"order": Order})
-    b = bridge(redis_url, stream, there, senders={"order": Order})
-    async with a, b:
-        await here.send(Order, n=1)
-        await here.send(7, n=2)
-        await here.send("other", n=3)  # nobody listens to this sender over there
-        await eventually(lambda: len(got) == 2)
-        with pytest.raises(ExceptionGroup) as caught:
-            await here.send(object(), n=4)
-    assert sorted(got, key=str) == [("Order", 1), (7, 2)]
-    assert caught.group_contains(EncodeError, match="register_sender")
-
-
-@pytest.mark.anyio
-async def test_unencodable_kwarg_fails_the_send_with_its_name(redis_url: str, stream: str) -> None:
-    sig = AsyncSignal(name="s")
-    async with bridge(redis_url, stream, sig, mode="publish"):
-        with pytest.raises(ExceptionGroup) as caught:
-            await sig.send(None, point=Point(1, 2, dt.datetime(2024, 1, 1)))
-    assert caught.group_contains(EncodeError, match="'point'.*Point")
-
-
-@pytest.mark.anyio
-async def test_send_from_a_remote_receiver_is_a_new_event(redis_url: str, stream: str) -> None:
-    """Loop prevention suppresses only the re-send of the remote event itself."""
-    ping_a, pong_a = AsyncSignal(name="ping"), AsyncSignal(name="pong")
-    ping_b, pong_b = AsyncSignal(name="ping"), AsyncSignal(name="pong")
-    pongs: list[int] = []
-
-    async def answer(sender: Any, n: int, **kw: Any) -> None:
-        await pong_b.send(sender, n=n + 1)
-
-    ping_b.connect(answer)
-    pong_a.connect(lambda sender, n, **kw: pongs.append(n), weak=False)
-    async with bridge(redis_url, stream, ping_a, pong_a), bridge(redis_url, stream, ping_b, pong_b):
-        await ping_a.send(None, n=1)
-        await eventually(lambda: pongs == [2])
-        await asyncio.sleep(0.2)
-    assert pongs == [2]
-
-
-@pytest.mark.anyio
-async def test_hostile_and_malformed_entries_are_dead_lettered(
-    redis_url: str, redis: Redis, stream: str
-) -> None:
-    bridged, secret = AsyncSignal(name="public"), AsyncSignal(name="secret")
-    got: list[Any] = []
-    bridged.connect(lambda sender, **kw: got.append(kw["n"]), weak=False)
-    secret.connect(lambda sender, **kw: got.append("secret reached"), weak=False)
-
-    def envelope(**override: Any) -> bytes:
-        body = {"v": 1, "id": "x", "ts": 0, "origin": "evil", "group": None,
-                "signal": "public", "sender": None, "kwargs": {"n": 0}}  # fmt: skip
-        return json.dumps({**body, **override}).encode()
-
-    hostile = [
-        {"other": "field"},
-        {"e": b"\xff\xfe not json"},
-        {"e": b"[1, 2]"},
-        {"e": envelope(signal="secret")},  # a real signal here, but not bridged
-        {"e": envelope(sender={"ref": "Order"})},  # unknown sender name
-        {"e": envelope(sender={"import": "os.system"})},
-        {"e": envelope(kwargs={"n": {"$t": "builtins.eval", "v": "1"}})},
-        {"e": envelope(kwargs={"timeout": 0})},  # must not become a dispatch option
-        {"e": envelope(kwargs={"sender": 1})},
-        {"e": envelope(kwargs={"n": json.loads("[" * 100 + "]" * 100)})},  # too deep
-        {"e": envelope(kwargs={"n": 1, "pad": "x" * 2000})},  # over max_message_bytes
-    ]
-    async with bridge(redis_url, stream, bridged, max_message_bytes=1000):
-        for fields in hostile:
-            await redis.xadd(stream, fields)  # type: ignore[arg-type]
-        await redis.xadd(stream, {"e": envelope(kwargs={"n": 42})})
-        await eventually(lambda: got == [42])
-    dead = await redis.xrange(f"{stream}:dead")
-    assert len(dead) == len(hostile)
-    reasons = [fields[b"error"].decode() for _, fields in dead]
-    assert "unknown signal 'secret'" in reasons[3]
-    assert "unknown sender 'Order'" in reasons[4]
-    assert "builtins.eval" in reasons[6]
-    assert "'timeout' is not allowed" in reasons[7]
-    assert "nested deeper" in reasons[9]
-    assert "max_message_bytes" in reasons[10]
-    assert dead[1][1][b"raw:e"].startswith(b"\xff\xfe")  # the original is kept for inspection
-
-
 # -- shared (consumer group) ------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_shared_mode_hands_each_event_to_one_worker(
-    redis_url: str, redis: Redis, stream: str
-) -> None:
-    producer_sig = AsyncSignal(name="job")
-    workers = [AsyncSignal(name="job") for _ in range(2)]
-    handled: list[tuple[int, int]] = []
-    for i, sig in enumerate(workers):
-        sig.connect(lambda sender, n, i=i, **kw: handled.append((i, n)), weak=False)
-    group = dict(mode="shared", group="billing", batch_size=10)  # small reads: both get work
-    async with (
-        bridge(redis_url, stream, workers[0], **group),
-        bridge(redis_url, stream, workers[1], **group),
-        bridge(redis_url, stream, producer_sig, mode="publish"),
-    ):
-        await asyncio.gather(*(producer_sig.send(None, n=n) for n in range(200)))
-        await eventually(lambda: len(handled) >= 200)
-        await asyncio.sleep(0.2)
-    assert sorted(n for _, n in handled) == list(range(200))
-    assert {i for i, _ in handled} == {0, 1}  # both workers took a share
-    assert (await redis.xpending(stream, "billing"))["pending"] == 0
-
-
-@pytest.mark.anyio
-async def test_sending_worker_handles_its_own_event_for_its_service(
-    redis_url: str, stream: str
-) -> None:
-    sender_sig, peer_sig, other_sig = (AsyncSignal(name="job") for _ in range(3))
-    seen: list[str] = []
-    sender_sig.connect(lambda sender, **kw: seen.append("sender"), weak=False)
-    peer_sig.connect(lambda sender, **kw: seen.append("peer"), weak=False)
-    other_sig.connect(lambda sender, **kw: seen.append("other service"), weak=False)
-    async with (
-        bridge(redis_url, stream, sender_sig, mode="shared", group="web"),
-        bridge(redis_url, stream, peer_sig, mode="shared", group="web"),
-        bridge(redis_url, stream, other_sig, mode="shared", group="mail"),
-    ):
-        await sender_sig.send(None)
-        await eventually(lambda: "other service" in seen)
-        await asyncio.sleep(0.3)
-    assert sorted(seen) == ["other service", "sender"]
-
-
-@pytest.mark.anyio
-async def test_failed_events_are_retried_then_dead_lettered(
-    redis_url: str, redis: Redis, stream: str
-) -> None:
-    producer, worker = AsyncSignal(name="job"), AsyncSignal(name="job")
-    attempts: dict[str, int] = {"flaky": 0, "broken": 0}
-
-    def handle(sender: Any, kind: str, **kw: Any) -> None:
-        attempts[kind] += 1
-        if kind == "broken" or attempts[kind] == 1:
-            raise RuntimeError(f"{kind} failed")
-
-    worker.connect(handle, weak=False)
-    async with (
-        bridge(redis_url, stream, worker, mode="shared", group="g", max_attempts=3),
-        bridge(redis_url, stream, producer, mode="publish"),
-    ):
-        await producer.send(None, kind="flaky")
-        await producer.send(None, kind="broken")
-        await eventually(lambda: attempts["flaky"] == 2, timeout=3)
-        await until(lambda: redis.exists(f"{stream}:dead"))
-    assert attempts == {"flaky": 2, "broken": 3}
-    dead = await redis.xrange(f"{stream}:dead")
-    assert [f[b"reason"] for _, f in dead] == [b"max_attempts"]
-    assert b'"broken"' in dead[0][1][b"raw:e"]
-    assert (await redis.xpending(stream, "g"))["pending"] == 0
-
-
 # -- lifecycle --------------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_bridge_publishes_only_while_running(
-    redis_url: str, redis: Redis, stream: str
-) -> None:
-    sig = AsyncSignal(name="s")
-    b = bridge(redis_url, stream, sig, mode="publish")
-    await sig.send(None, n=0)
-    async with b:
-        with pytest.raises(RuntimeError, match="already running"):
-            await b.start()
-        await sig.send(None, n=1)
-    await sig.send(None, n=2)
-    assert not sig.receivers_for(None)
-    async with b:  # a stopped bridge can be started again
-        await sig.send(None, n=3)
-    numbers = [json.loads(f[b"e"])["kwargs"]["n"] for _, f in await redis.xrange(stream)]
-    assert numbers == [1, 3]
 
 
 def test_bad_configuration_is_refused_with_a_reason() -> None:
@@ -352,7 +149,7 @@ def test_bad_configuration_is_refused_with_a_reason() -> None:
 
 
 class Worker:
-    """A ``tests/redis_worker.py`` subprocess and the JSON lines it prints."""
+    """A ``tests/bridge_worker.py`` subprocess and the JSON lines it prints."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
@@ -519,21 +316,6 @@ async def test_no_acknowledged_event_is_lost_across_a_redis_restart(
             await producer.send(None, n=n)
         await eventually(lambda: set(got) >= set(range(60)), timeout=10)
     assert set(got) == set(range(60))  # at least once; a retried pipeline may duplicate
-
-
-@pytest.mark.anyio
-async def test_unconfirmed_sends_are_written_by_flush_and_stop(
-    redis_url: str, redis: Redis, stream: str
-) -> None:
-    sig = AsyncSignal(name="s")
-    async with bridge(redis_url, stream, sig, mode="publish", confirm=False) as b:
-        for n in range(500):
-            await sig.send(None, n=n)
-        await b.flush()
-        assert await redis.xlen(stream) == 500
-        for n in range(500, 600):
-            await sig.send(None, n=n)
-    assert await redis.xlen(stream) == 600  # stop() wrote what was still queued
 
 
 @pytest.mark.anyio
