@@ -103,3 +103,82 @@ def test_a_single_signal_is_accepted() -> None:
     with pytest.raises(TypeError, match="a signal or a list of signals"):
         RedisBridge(signals="order_placed")
     assert isinstance(bridge, Bridge)
+
+
+# -- typed signals: the spec's classes travel without codec.register (issue 9) ----------------
+
+
+def typed(spec: object, name: str) -> AsyncSignal:
+    """A typed signal (``AsyncSignal(spec=...)``; an attribute on cores without it)."""
+    try:
+        return AsyncSignal(spec=spec, name=name)  # type: ignore[call-arg]
+    except TypeError:
+        sig = AsyncSignal(name=name)
+        sig.spec = spec  # type: ignore[attr-defined]
+        return sig
+
+
+def placed(
+    sender: type[Order],
+    *,
+    point: Point,
+    money: Money | None,
+    colour: Colour,
+    tags: list[Point],
+    note: str,
+) -> None:
+    """A spec naming a dataclass, an optional pydantic model, an Enum and a container."""
+
+
+def test_spec_classes_round_trip_without_register() -> None:
+    from asignals.bridge._envelope import Registry
+
+    sending, receiving = typed(placed, "placed"), typed(placed, "placed")
+    out = Registry(JsonCodec(), "a", None, 1 << 20)
+    into = Registry(JsonCodec(), "b", None, 1 << 20)
+    out.add_signal(sending, None)
+    into.add_signal(receiving, None)
+    kwargs = {
+        "point": Point(1, 2, dt.datetime(2024, 1, 1, tzinfo=dt.UTC)),
+        "money": Money(amount=Decimal("2.50"), currency="EUR"),
+        "colour": Colour.RED,
+        "tags": [],
+        "note": "n",
+    }
+    data = out.dump(out.body("placed", None, kwargs))
+    event = into.resolve(into.parse(data))
+    assert event.kwargs == kwargs
+    assert type(event.kwargs["point"]) is Point and type(event.kwargs["money"]) is Money
+    none = out.dump(out.body("placed", None, {**kwargs, "money": None}))
+    assert into.resolve(into.parse(none)).kwargs["money"] is None
+    # Only the declared class itself: a list of them still needs codec.register.
+    with pytest.raises(EncodeError, match=r"'tags'.*register"):
+        out.body("placed", None, {**kwargs, "tags": [kwargs["point"]]})
+
+
+def test_a_spec_typed_value_needs_the_spec_on_the_receiving_side() -> None:
+    from asignals.bridge._envelope import Registry
+
+    out = Registry(JsonCodec(), "a", None, 1 << 20)
+    into = Registry(JsonCodec(), "b", None, 1 << 20)
+    out.add_signal(typed(placed, "placed"), None)
+    into.add_signal(AsyncSignal(name="placed"), None)  # untyped over there
+    kwargs = {"point": Point(1, 2, dt.datetime(2024, 1, 1)), "colour": Colour.RED}
+    data = out.dump(out.body("placed", None, kwargs))
+    with pytest.raises(DecodeError, match=r"'point'.*spec declares no class"):
+        into.resolve(into.parse(data))
+
+
+def test_unresolvable_spec_annotations_fall_back_to_the_codec(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from asignals.bridge._envelope import Registry
+
+    def broken(sender: object, *, point: NotDefinedYet) -> None:  # type: ignore[name-defined]  # noqa: F821
+        """A forward reference nobody defines."""
+
+    registry = Registry(JsonCodec(), "a", None, 1 << 20)
+    registry.add_signal(typed(broken, "broken"), None)
+    with pytest.raises(EncodeError, match="register"):
+        registry.body("broken", None, {"point": Point(1, 2, dt.datetime(2024, 1, 1))})
+    assert "cannot read the type hints" in caplog.text
