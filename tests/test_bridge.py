@@ -451,3 +451,30 @@ async def test_deduplicator_drops_a_repeated_envelope(transport: BridgeKit, stre
         await eventually(lambda: 2 in got)
         await asyncio.sleep(0.1)
     assert got == [1, 2]
+
+
+# -- typed signals (issue 9) ------------------------------------------------------------------
+
+
+def shipped(sender: type[Order], *, point: Point, when: dt.date, note: str) -> None:
+    """Sent when an order leaves the warehouse."""
+
+
+async def test_a_typed_signals_classes_arrive_as_those_classes(
+    transport: BridgeKit, stream: str
+) -> None:
+    from test_bridge_codec import typed
+
+    here, there = typed(shipped, "shipped"), typed(shipped, "shipped")
+    got: list[Any] = []
+    there.connect(lambda sender, **kw: got.append((sender, kw["point"], kw["when"])), weak=False)
+    senders = {"Order": Order}
+    async with (
+        make(transport, stream, here, senders=senders),
+        make(transport, stream, there, senders=senders),
+    ):  # no codec.register(Point) on either side
+        point = Point(3, 4, dt.datetime(2024, 2, 1, tzinfo=dt.UTC))
+        await here.send(Order, point=point, when=dt.date(2024, 2, 2), note="x")
+        await eventually(lambda: got != [])
+    assert got == [(Order, point, dt.date(2024, 2, 2))]
+    assert type(got[0][1]) is Point

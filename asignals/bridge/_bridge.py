@@ -354,8 +354,10 @@ class Bridge:
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
             await publisher.close()
-        # Cut off by stop_timeout: the group gets them now rather than after claim_idle.
-        await self._release(list(self._running))
+        # Cut off by stop_timeout: they ran partly, so they count as an attempt, and the group
+        # gets them now rather than after claim_idle.
+        for delivery in list(self._running):
+            await self._settle(delivery, delivery.retry(0.0))
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             await self._quietly(subscription.close())
