@@ -231,7 +231,7 @@ class JetStreamKit(BridgeKit):
     def make(self) -> Any:
         from asignals.bridge import JetStream
 
-        return _TrackingJetStream(self, JetStream(self.url, poll=0.2))
+        return _TrackingJetStream(self, JetStream(self.url, block=0.2))
 
     async def _client(self) -> Any:
         import nats
@@ -296,7 +296,7 @@ class InMemoryKit(BridgeKit):
     def make(self) -> Any:
         from asignals.bridge import InMemory
 
-        return InMemory(poll=0.2)
+        return InMemory(block=0.2)
 
     async def cleanup(self) -> None:
         from asignals.bridge import InMemory

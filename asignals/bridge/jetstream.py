@@ -12,7 +12,8 @@ How the bridge's ideas map onto JetStream:
 - ``mode="shared"``: a durable consumer named after the group with explicit acks. The
   bridge's ``claim_idle`` is its ``ack_wait`` (a killed worker's events go to another worker
   after it), a retry is a ``nak`` with the bridge's backoff as delay, and "still working" is
-  an in-progress ack.
+  an in-progress ack. Its ``max_deliver`` is the bridge's ``max_attempts`` plus the one
+  delivery on which the bridge dead-letters an event whose last attempt's worker died.
 - Publishing waits for JetStream's acknowledgement of every message (stored in the stream);
   each message carries a ``Nats-Msg-Id`` derived from its bytes, so a batch retried after a
   lost reply is stored once within the stream's duplicate window.
@@ -93,13 +94,13 @@ class JetStream:
 
     ``max_msgs`` / ``max_age``
         limits of the event stream (oldest messages go first), like ``maxlen`` on Redis.
-    ``dead_letter_max_msgs``
-        limit of the ``<stream>:dead`` stream.
+    ``dead_letter_stream`` / ``dead_letter_max_msgs``
+        where dead letters go (default ``<stream>:dead``, as stream and subject) and its limit.
     ``storage`` / ``replicas``
         ``"file"`` (survives a server restart) or ``"memory"``; replicas in a cluster.
     ``duplicate_window``
         seconds during which a re-sent message (same bytes) is stored only once.
-    ``poll``
+    ``block``
         how long one fetch waits for a message before returning empty (the bridge's stop and
         housekeeping run between fetches).
     ``request_timeout`` / ``connect_timeout`` / ``reconnect_wait``
@@ -114,11 +115,12 @@ class JetStream:
         *,
         max_msgs: int | None = 100_000,
         max_age: float | None = None,
+        dead_letter_stream: str | None = None,
         dead_letter_max_msgs: int | None = 10_000,
         storage: Literal["file", "memory"] = "file",
         replicas: int = 1,
         duplicate_window: float = 120.0,
-        poll: float = 1.0,
+        block: float = 1.0,
         request_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         reconnect_wait: float = 0.25,
@@ -127,7 +129,7 @@ class JetStream:
         if storage not in ("file", "memory"):
             raise ValueError(f"storage must be 'file' or 'memory', not {storage!r}")
         for name, value in (
-            ("poll", poll),
+            ("block", block),
             ("request_timeout", request_timeout),
             ("connect_timeout", connect_timeout),
             ("reconnect_wait", reconnect_wait),
@@ -142,8 +144,11 @@ class JetStream:
             "num_replicas": replicas,
             "duplicate_window": duplicate_window,
         }
+        if dead_letter_stream is not None:
+            _check_name("stream", dead_letter_stream)
+        self._dead_name = dead_letter_stream
         self._dead_max_msgs = dead_letter_max_msgs if dead_letter_max_msgs is not None else -1
-        self._poll = poll
+        self._block = block
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
         self._reconnect_wait = reconnect_wait
@@ -165,7 +170,7 @@ class JetStream:
         """Connect (``Unavailable`` while NATS is away) and make sure the stream exists."""
         _check_name("stream", stream)
         self.stream = stream
-        self.dead_letter_stream = f"{stream}:dead"
+        self.dead_letter_stream = self._dead_name or f"{stream}:dead"
         if self._client is None:
             self._client = await self._connect()
             self._js = self._client.jetstream(timeout=self._request_timeout)
@@ -310,7 +315,13 @@ class JetStream:
     # -- receiving -------------------------------------------------------------------------
 
     async def subscribe(
-        self, *, mode: ReadMode, group: str | None, consumer: str, claim_idle: float
+        self,
+        *,
+        mode: ReadMode,
+        group: str | None,
+        consumer: str,
+        claim_idle: float,
+        max_attempts: int,
     ) -> Subscription:
         """An ordered ephemeral consumer (broadcast) or the group's durable consumer (shared)."""
         await self._ensure_stream()
@@ -318,7 +329,7 @@ class JetStream:
             if not group:
                 raise ValueError("shared mode needs a group")
             _check_name("consumer (group)", group)
-        subscription = _Subscription(self, mode, group, claim_idle)
+        subscription = _Subscription(self, mode, group, claim_idle, max_attempts)
         await subscription.start()
         return subscription
 
@@ -366,12 +377,20 @@ class _Subscription:
     """Reads one consumer; re-creates an ordered consumer, re-binds a durable one."""
 
     def __init__(
-        self, transport: JetStream, mode: ReadMode, group: str | None, claim_idle: float
+        self,
+        transport: JetStream,
+        mode: ReadMode,
+        group: str | None,
+        claim_idle: float,
+        max_attempts: int,
     ) -> None:
         self._transport = transport
         self._mode = mode
         self._group = group
         self._claim_idle = claim_idle
+        # The extra delivery is the one on which the bridge dead-letters an event whose last
+        # attempt's worker died (a failed last attempt is dead-lettered at once).
+        self._max_deliver = max_attempts + 1
         self._puller: Puller | None = None
         self._consumer = ""
         self._last_stream_seq = 0  # ordered consumer: the last sequence handed out
@@ -384,9 +403,9 @@ class _Subscription:
             raise Unavailable(f"creating the JetStream consumer failed: {exc}") from exc
         client = self._transport._client
         assert client is not None
-        poll = self._transport._poll
+        block = self._transport._block
         self._puller = Puller(
-            client, self._transport.stream, name, wait=poll, heartbeat=max(0.1, poll / 2)
+            client, self._transport.stream, name, wait=block, heartbeat=max(0.1, block / 2)
         )
         await self._puller.start()
 
@@ -396,12 +415,13 @@ class _Subscription:
         stream = transport.stream
         if self._mode == "shared":
             assert self._group is not None
+            self._consumer = self._group
             config = api.ConsumerConfig(
                 durable_name=self._group,
                 deliver_policy=api.DeliverPolicy.NEW,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 ack_wait=self._claim_idle,
-                max_deliver=-1,
+                max_deliver=self._max_deliver,
                 max_ack_pending=-1,
                 filter_subject=stream,
             )
@@ -410,12 +430,17 @@ class _Subscription:
             except nats.js.errors.NotFoundError:
                 info = None
             if info is not None:
-                if abs((info.config.ack_wait or 0.0) - self._claim_idle) < 1e-3:
+                current = info.config
+                if (
+                    abs((current.ack_wait or 0.0) - self._claim_idle) < 1e-3
+                    and current.max_deliver == self._max_deliver
+                ):
                     return self._group
-                config = info.config  # keep its start position; only the timing changes
-                config.ack_wait = self._claim_idle
+                # Keep its position and pending messages; only claim_idle/max_attempts change.
+                current.ack_wait = self._claim_idle
+                current.max_deliver = self._max_deliver
+                config = current
             await js.add_consumer(stream, config)
-            self._consumer = self._group
             return self._group
         # An ordered consumer: from the tail the first time, then from where it stopped.
         if self._last_stream_seq:
@@ -430,7 +455,7 @@ class _Subscription:
             api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,
                 filter_subject=stream,
-                inactive_threshold=max(30.0, 10 * self._transport._poll),
+                inactive_threshold=max(30.0, 10 * self._transport._block),
                 mem_storage=True,
                 num_replicas=1,
                 **start,

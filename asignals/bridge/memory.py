@@ -67,19 +67,19 @@ class InMemory:
     Give each :class:`~asignals.bridge.Bridge` its own ``InMemory()``; bridges on the same
     stream name reach each other. Streams, groups and dead letters live until
     :meth:`reset` (call it between tests, or give each test its own stream name).
-    ``max_msgs`` bounds each stream like ``maxlen`` on Redis; ``poll`` is the longest one
+    ``max_msgs`` bounds each stream like ``maxlen`` on Redis; ``block`` is the longest one
     fetch waits when there is nothing to deliver.
     """
 
     _streams: ClassVar[dict[str, _Stream]] = {}
 
-    def __init__(self, *, max_msgs: int | None = 100_000, poll: float = 1.0) -> None:
+    def __init__(self, *, max_msgs: int | None = 100_000, block: float = 1.0) -> None:
         if max_msgs is not None and max_msgs < 1:
             raise ValueError(f"max_msgs must be at least 1 (or None), got {max_msgs!r}")
-        if poll <= 0:
-            raise ValueError(f"poll must be positive, got {poll!r}")
+        if block <= 0:
+            raise ValueError(f"block must be positive, got {block!r}")
         self._max_msgs = max_msgs
-        self._poll = poll
+        self._block = block
         self._stream: _Stream | None = None
         self.stream = ""
 
@@ -124,12 +124,18 @@ class InMemory:
         self._bound().dead.append(DeadLetter(bytes(message), dict(provenance)))
 
     async def subscribe(
-        self, *, mode: ReadMode, group: str | None, consumer: str, claim_idle: float
+        self,
+        *,
+        mode: ReadMode,
+        group: str | None,
+        consumer: str,
+        claim_idle: float,
+        max_attempts: int,
     ) -> Subscription:
         """Read from the tail (broadcast) or as ``consumer`` of ``group`` (shared)."""
         stream = self._bound()
         if mode == "broadcast":
-            return _Broadcast(stream, self._poll)
+            return _Broadcast(stream, self._block)
         if not group:
             raise ValueError("shared mode needs a group")
         state = stream.groups.get(group)
@@ -139,15 +145,15 @@ class InMemory:
         for claim in state.claims.values():
             if claim.owner == consumer:  # a restarted worker takes its own back at once
                 claim.due = loop.time()
-        return _Shared(stream, state, consumer, claim_idle, self._poll)
+        return _Shared(stream, state, consumer, claim_idle, self._block)
 
 
 class _Reader:
     """What both kinds of subscription share: waiting for the stream to change."""
 
-    def __init__(self, stream: _Stream, poll: float) -> None:
+    def __init__(self, stream: _Stream, block: float) -> None:
         self._stream = stream
-        self._poll = poll
+        self._block = block
         self._waker = asyncio.Event()
         stream.wakers.add(self._waker)
         self._closed = False
@@ -167,14 +173,14 @@ class _Reader:
 
 
 class _Broadcast(_Reader):
-    def __init__(self, stream: _Stream, poll: float) -> None:
-        super().__init__(stream, poll)
+    def __init__(self, stream: _Stream, block: float) -> None:
+        super().__init__(stream, block)
         self._next_seq = stream.last_seq + 1
 
     async def fetch(self, count: int) -> Sequence[Delivery]:
         self._check_open()
         if self._stream.last_seq < self._next_seq:
-            await self._wait(self._poll)
+            await self._wait(self._block)
         out: list[Delivery] = []
         messages = self._stream.messages
         while self._next_seq <= self._stream.last_seq and len(out) < count:
@@ -187,9 +193,9 @@ class _Broadcast(_Reader):
 
 class _Shared(_Reader):
     def __init__(
-        self, stream: _Stream, group: _Group, consumer: str, claim_idle: float, poll: float
+        self, stream: _Stream, group: _Group, consumer: str, claim_idle: float, block: float
     ) -> None:
-        super().__init__(stream, poll)
+        super().__init__(stream, block)
         self._group = group
         self._consumer = consumer
         self._claim_idle = claim_idle
@@ -199,13 +205,13 @@ class _Shared(_Reader):
         loop = asyncio.get_running_loop()
         out = self._take(count, loop.time())
         if not out:
-            await self._wait(min(self._poll, self._next_due(loop.time())))
+            await self._wait(min(self._block, self._next_due(loop.time())))
             out = self._take(count, loop.time())
         return out
 
     def _next_due(self, now: float) -> float:
         dues = [c.due for c in self._group.claims.values()]
-        return min(dues) - now if dues else self._poll
+        return min(dues) - now if dues else self._block
 
     def _take(self, count: int, now: float) -> list[Delivery]:
         group = self._group
