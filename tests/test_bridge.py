@@ -532,3 +532,49 @@ async def test_tracing_hooks_carry_headers_beside_the_kwargs(
         ("public", {}, 1),
     ]
     assert hooks.dead == [("", "undecodable")]
+
+
+# -- how the bridge hooks a signal ------------------------------------------------------------
+
+
+async def test_background_and_class_level_sends_are_bridged_too(
+    transport: BridgeKit, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """send_nowait is encoded before its receivers run, like send; a send that bypasses the
+    instance (the class's method called directly) is still published."""
+    import asignals
+
+    sig, there = AsyncSignal(name="s"), AsyncSignal(name="s")
+    ran: list[Any] = []
+    got: list[Any] = []
+    sig.connect(lambda sender, **kw: ran.append(kw.get("n")), weak=False)
+    there.connect(lambda sender, **kw: got.append(kw.get("n")), weak=False)
+    async with asignals.dispatcher(), make(transport, stream, sig), make(transport, stream, there):
+        sig.send_nowait(None, n=1)
+        sig.send_nowait(None, n=Point(0, 0, dt.datetime(2024, 1, 1)))  # cannot cross
+        await type(sig).send(sig, None, n=2)
+        await eventually(lambda: sorted(got) == [1, 2])
+    assert sorted(ran) == [1, 2]  # the unencodable background send ran nothing
+    assert "cannot encode a value of type" in caplog.text
+
+
+async def test_two_bridges_on_one_signal_both_publish_or_neither(
+    transport: BridgeKit, stream: str
+) -> None:
+    sig, there_a, there_b = AsyncSignal(name="s"), AsyncSignal(name="s"), AsyncSignal(name="s")
+    got: list[tuple[str, int]] = []
+    there_a.connect(lambda sender, n, **kw: got.append(("a", len(n))), weak=False)
+    there_b.connect(lambda sender, n, **kw: got.append(("b", len(n))), weak=False)
+    a, b = f"{stream}-a", f"{stream}-b"
+    async with (
+        make(transport, a, sig, mode="publish"),
+        make(transport, b, sig, mode="publish", max_message_bytes=1000),
+        make(transport, a, there_a),
+        make(transport, b, there_b),
+    ):
+        with pytest.raises(EncodeError, match="max_message_bytes=1,000"):
+            await sig.send(None, n="x" * 2000)  # too big for b: a does not get it either
+        await sig.send(None, n="x")
+        await eventually(lambda: len(got) == 2)
+        await asyncio.sleep(0.2)
+    assert sorted(got) == [("a", 1), ("b", 1)]
