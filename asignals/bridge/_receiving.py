@@ -20,7 +20,7 @@ from ._backoff import Backoff
 from ._codec import DecodeError
 from ._dedup import Deduplicator
 from ._envelope import Envelope, Event, Registry
-from ._sending import delivering, outgoing
+from ._sending import delivering
 from ._transport import Delivery, Subscription, Transport, Unavailable
 
 __all__ = ["Receiver"]
@@ -293,7 +293,6 @@ class Receiver:
     async def _deliver(self, event: Event, attempt: int) -> tuple[BaseException | None, list[str]]:
         """Send a remote event to local receivers: (an error, the receivers that raised)."""
         token = delivering.set(event)
-        untoken = outgoing.set(None)
         send = type(event.signal).send_robust  # not the bridged one: this is no new event
         try:
             hooks = _hooks.hooks
@@ -307,7 +306,6 @@ class Receiver:
             logger.error("delivering %s from %r failed: %r", event.envelope.id, self._stream, exc)
             return exc, []
         finally:
-            outgoing.reset(untoken)
             delivering.reset(token)
         failures = [(r, x) for r, x in results if isinstance(x, BaseException)]
         if not failures:
