@@ -52,6 +52,7 @@ __all__ = ["JetStream"]
 
 logger = logging.getLogger("asignals.bridge")
 
+_STREAMING = 10_000  # messages one broadcast pull request may bring
 _INVALID_NAME = frozenset(" \t\r\n.*>/\\")
 #: nats-py's errors after which the same call can succeed later (server away or restarting).
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -78,6 +79,12 @@ def _check_name(kind: str, name: str) -> None:
             f"{name!r} cannot be a JetStream {kind} name: it must be non-empty and free of "
             f"whitespace, '.', '*', '>', '/' and '\\' (found {bad})"
         )
+
+
+def _fail(futures: list[asyncio.Future[api.PubAck]], reason: str) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(Unavailable(reason))
 
 
 def _msg_id(data: bytes) -> str:
@@ -155,7 +162,7 @@ class JetStream:
         self._options = dict(options or {})
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
-        self._down = asyncio.Event()  # set while nats-py is reconnecting
+        self._unacked: list[list[asyncio.Future[api.PubAck]]] = []  # batches in flight
         self.stream = ""
         self.dead_letter_stream = ""
         self._stream_ready = False
@@ -181,10 +188,8 @@ class JetStream:
             logger.debug("NATS %s: %s", self.url, exc)
 
         async def on_disconnect() -> None:
-            self._down.set()
-
-        async def on_reconnect() -> None:
-            self._down.clear()
+            for futures in self._unacked:
+                _fail(futures, f"NATS at {self.url} disconnected before acknowledging")
 
         try:
             # One try (and one retry) here: the bridge owns the backoff of a failed start. Once
@@ -197,13 +202,11 @@ class JetStream:
                 max_reconnect_attempts=1,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
                 **self._options,
             )
         except _CONNECT_ERRORS as exc:
             raise Unavailable(f"NATS at {self.url} is not reachable: {exc}") from exc
         client.options["max_reconnect_attempts"] = -1
-        self._down.clear()
         return client
 
     async def close(self) -> None:
@@ -259,44 +262,36 @@ class JetStream:
         await self._ensure_stream()
         js = self._context()
         futures: list[asyncio.Future[api.PubAck]] = []
+        # Acks that cannot come fail at once: on a disconnection (see _connect) or when the
+        # server stays silent for request_timeout. A timer, not a task per batch.
+        timer = asyncio.get_running_loop().call_later(
+            self._request_timeout, _fail, futures, f"JetStream at {self.url} did not acknowledge"
+        )
+        self._unacked.append(futures)
         try:
-            try:
-                for data in messages:
-                    futures.append(
-                        await js.publish_async(
-                            self.stream, data, headers={"Nats-Msg-Id": _msg_id(data)}
-                        )
+            for data in messages:
+                futures.append(
+                    await js.publish_async(
+                        self.stream, data, headers={"Nats-Msg-Id": _msg_id(data)}
                     )
-                await self._acks(futures)
-            except nats.js.errors.NoStreamResponseError as exc:
-                self._stream_ready = False  # the server lost the stream: create it again
-                raise Unavailable(f"no JetStream stream captures {self.stream!r}") from exc
-            except Unavailable:
-                raise
-            except _TRANSIENT as exc:
-                raise Unavailable(f"publishing to JetStream at {self.url} failed: {exc}") from exc
+                )
+            for future in futures:
+                await future
+        except nats.js.errors.NoStreamResponseError as exc:
+            self._stream_ready = False  # the server lost the stream: create it again
+            raise Unavailable(f"no JetStream stream captures {self.stream!r}") from exc
+        except Unavailable:
+            raise
+        except _TRANSIENT as exc:
+            raise Unavailable(f"publishing to JetStream at {self.url} failed: {exc}") from exc
         finally:
+            timer.cancel()
+            self._unacked.remove(futures)
             for future in futures:
                 if not future.done():
                     future.cancel()  # frees nats-py's slot for an ack that will never come
-
-    async def _acks(self, futures: list[asyncio.Future[api.PubAck]]) -> None:
-        """Wait for the acks, but not through a disconnection (they would never come)."""
-        if not futures:
-            return
-        gathered: asyncio.Future[Any] = asyncio.gather(*futures)
-        lost: asyncio.Future[Any] = asyncio.ensure_future(self._down.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {gathered, lost}, timeout=self._request_timeout, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            lost.cancel()
-        if gathered not in done:
-            gathered.cancel()
-            await asyncio.gather(gathered, return_exceptions=True)
-            raise Unavailable(f"JetStream at {self.url} did not acknowledge the messages")
-        gathered.result()
+                elif not future.cancelled():
+                    future.exception()  # retrieved: the batch already failed on the first
 
     async def dead_letter(self, message: bytes, provenance: Mapping[str, str]) -> None:
         """Store ``message`` in ``<stream>:dead``, the provenance as headers."""
@@ -405,7 +400,13 @@ class _Subscription:
         assert client is not None
         block = self._transport._block
         self._puller = Puller(
-            client, self._transport.stream, name, wait=block, heartbeat=max(0.1, block / 2)
+            client,
+            self._transport.stream,
+            name,
+            wait=block,
+            heartbeat=max(0.1, block / 2),
+            # Broadcast holds nothing anyone else could take: let the server push ahead.
+            streaming=_STREAMING if self._mode == "broadcast" else 0,
         )
         await self._puller.start()
 
