@@ -14,9 +14,9 @@ How the bridge's ideas map onto JetStream:
   after it), a retry is a ``nak`` with the bridge's backoff as delay, and "still working" is
   an in-progress ack. Its ``max_deliver`` is the bridge's ``max_attempts`` plus the one
   delivery on which the bridge dead-letters an event whose last attempt's worker died.
-- Publishing waits for JetStream's acknowledgement of every message (stored in the stream);
-  each message carries a ``Nats-Msg-Id`` derived from its bytes, so a batch retried after a
-  lost reply is stored once within the stream's duplicate window.
+- Publishing waits for JetStream's acknowledgement of every message (stored in the stream).
+  As on Redis, a batch retried after a lost reply can store a message twice: delivery is at
+  least once, and :class:`~asignals.bridge.Deduplicator` drops repeats on the consumer side.
 - nats-py reconnects by itself, forever; while it is away the calls raise ``Unavailable`` and
   the bridge backs off and retries as it does on Redis.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -87,9 +86,16 @@ def _fail(futures: list[asyncio.Future[api.PubAck]], reason: str) -> None:
             future.set_exception(Unavailable(reason))
 
 
-def _msg_id(data: bytes) -> str:
-    # Envelopes carry a random id and a timestamp, so equal bytes are the same event re-sent.
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def _sequences(msg: Msg) -> tuple[int, int, int]:
+    """(delivery count, stream sequence, consumer sequence) from the ack subject.
+
+    ``msg.metadata`` parses the same, plus a datetime and two dataclasses per message.
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[4]), int(tokens[5]), int(tokens[6])
+    metadata = msg.metadata  # the longer form with a domain and an account hash
+    return metadata.num_delivered, metadata.sequence.stream, metadata.sequence.consumer
 
 
 class JetStream:
@@ -105,8 +111,6 @@ class JetStream:
         where dead letters go (default ``<stream>:dead``, as stream and subject) and its limit.
     ``storage`` / ``replicas``
         ``"file"`` (survives a server restart) or ``"memory"``; replicas in a cluster.
-    ``duplicate_window``
-        seconds during which a re-sent message (same bytes) is stored only once.
     ``block``
         how long one fetch waits for a message before returning empty (the bridge's stop and
         housekeeping run between fetches).
@@ -126,7 +130,6 @@ class JetStream:
         dead_letter_max_msgs: int | None = 10_000,
         storage: Literal["file", "memory"] = "file",
         replicas: int = 1,
-        duplicate_window: float = 120.0,
         block: float = 1.0,
         request_timeout: float = 5.0,
         connect_timeout: float = 5.0,
@@ -149,7 +152,6 @@ class JetStream:
             "max_age": max_age,
             "storage": api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY,
             "num_replicas": replicas,
-            "duplicate_window": duplicate_window,
         }
         if dead_letter_stream is not None:
             _check_name("stream", dead_letter_stream)
@@ -270,11 +272,7 @@ class JetStream:
         self._unacked.append(futures)
         try:
             for data in messages:
-                futures.append(
-                    await js.publish_async(
-                        self.stream, data, headers={"Nats-Msg-Id": _msg_id(data)}
-                    )
-                )
+                futures.append(await js.publish_async(self.stream, data))
             for future in futures:
                 await future
         except nats.js.errors.NoStreamResponseError as exc:
@@ -340,11 +338,11 @@ class _Delivery:
 
     @property
     def id(self) -> str:
-        return str(self._msg.metadata.sequence.stream)
+        return str(_sequences(self._msg)[1])
 
     @property
     def attempt(self) -> int:
-        return self._msg.metadata.num_delivered
+        return _sequences(self._msg)[0]
 
     async def ack(self) -> None:
         await self._settle(self._msg.ack())
@@ -511,13 +509,13 @@ class _Subscription:
         """Hand out an ordered consumer's messages; on a gap, re-create it after the last."""
         out: list[Delivery] = []
         for msg in msgs:
-            sequence = msg.metadata.sequence
-            if sequence.consumer != self._last_consumer_seq + 1:
+            _, stream_seq, consumer_seq = _sequences(msg)
+            if consumer_seq != self._last_consumer_seq + 1:
                 logger.debug("ordered consumer %s skipped ahead; re-creating", self._consumer)
                 await self._recover_ordered()
                 break
-            self._last_consumer_seq = sequence.consumer
-            self._last_stream_seq = sequence.stream
+            self._last_consumer_seq = consumer_seq
+            self._last_stream_seq = stream_seq
             out.append(_Delivery(msg))
         return out
 
