@@ -62,14 +62,12 @@ def _sender_map(senders: Any) -> Mapping[str, Any]:
     if senders is None:
         return {}
     if not isinstance(senders, Mapping):
-        example = ", ".join(
-            f"{getattr(s, '__name__', 'Name')!r}: {getattr(s, '__name__', 'sender')}"
-            for s in (list(senders) if isinstance(senders, Iterable) else [senders])[:3]
-        )
+        given = list(senders) if isinstance(senders, Iterable) else [senders]
+        names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
+        example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
         raise TypeError(
             f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
-            f"write senders={{{example or repr('Order') + ': Order'}}} "
-            f"(the same names in every process)"
+            f"write senders={{{example}}} (the same names in every process)"
         )
     return senders
 
