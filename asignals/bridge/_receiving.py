@@ -182,6 +182,8 @@ class Receiver:
             except Exception as exc:
                 if self._stopping:
                     return
+                if self._subscription is None and not isinstance(exc, Unavailable):
+                    raise  # the transport refused the options (a bad group name): start fails
                 if not backoff.failing:
                     level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
                     logger.log(level, "reading %r failed, retrying: %r", self._stream, exc)
