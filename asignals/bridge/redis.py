@@ -124,7 +124,7 @@ class RedisStreams:
 
     async def open(self, stream: str) -> None:
         if self._url is not None:
-            self._client = Redis.from_url(
+            self._client = Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
                 self._url, socket_connect_timeout=5.0, socket_keepalive=True
             )
         self.stream = stream
