@@ -158,8 +158,14 @@ class Bridge:
         ):
             if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
                 raise ValueError(f"{option} must be a positive number of seconds, got {number!r}")
-        Backoff(*reconnect_backoff)  # validates
-        Backoff(*retry_backoff)
+        for option, pair in (
+            ("reconnect_backoff", reconnect_backoff),
+            ("retry_backoff", retry_backoff),
+        ):
+            try:
+                Backoff(*pair)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{option}=(initial, maximum) seconds: {exc}") from None
         signal_list = _signal_list(signals)
         sender_map = _sender_map(senders)
         #: The broker this bridge publishes to and reads from.
