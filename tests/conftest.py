@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from recording import Recorder
 
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -76,14 +75,6 @@ def redis_url() -> str:
     """The URL of the real Redis; fails the test when it is down."""
     _require("Redis", REDIS_URL, 6379)
     return REDIS_URL
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    """Records every send of the signals ``rec.watch(...)`` names, for this test."""
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
 
 
 @pytest.fixture
