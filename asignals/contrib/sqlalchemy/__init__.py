@@ -5,6 +5,9 @@
 ``pre_delete``/``post_delete`` and ``m2m_changed`` with Django's keyword arguments, and
 ORM-enabled ``insert``/``update``/``delete`` statements send ``pre_bulk``/``post_bulk``.
 
+With an :class:`Outbox`, the sends its bridge carries also get a durable cross-process copy,
+written in the flush's transaction and published after COMMIT by :meth:`Outbox.relay`.
+
 Async receivers are awaited inside the flush, on the session's event loop (see ``_run``);
 ``pre_*`` receivers may still change the session, ``post_*`` ones see every row of the flush
 written (see ``_flush``). In a plain ``Session`` sync receivers run, and async ones that never
@@ -20,11 +23,16 @@ from sqlalchemy.orm import Session
 
 from . import _scope
 from ._flush import LISTENERS
+from ._outbox import Outbox
+from ._relay import Relay
+from ._wire import register_model
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["Outbox", "Relay", "install", "installed", "register_model", "uninstall"]
 
 
-def install(target: Any = None, *, defer_post_until_commit: bool = False) -> None:
+def install(
+    target: Any = None, *, defer_post_until_commit: bool = False, outbox: Outbox | None = None
+) -> None:
     """Send the model signals for flushes of the sessions ``target`` designates.
 
     ``target`` is one of:
@@ -39,7 +47,16 @@ def install(target: Any = None, *, defer_post_until_commit: bool = False) -> Non
     ``post_*`` actions of ``m2m_changed`` wait until the transaction commits and are dropped if
     it rolls back. Installing the same target again replaces its options. When several
     installations match a session, the most recent one decides.
+
+    With ``outbox=``, the ``post_*`` sends of signals the outbox's bridge carries are also
+    written to the outbox table in the flush's transaction (see :class:`Outbox`), deferred or
+    not; a send that cannot be encoded fails the flush.
     """
+    if outbox is not None and not isinstance(outbox, Outbox):
+        raise TypeError(
+            f"outbox must be an asignals.contrib.sqlalchemy.Outbox, got {outbox!r}: "
+            "install(Session, outbox=Outbox(bridge, metadata=Base.metadata))"
+        )
     if not isinstance(defer_post_until_commit, bool):
         raise TypeError(
             f"defer_post_until_commit must be True or False, got {defer_post_until_commit!r}"
@@ -47,11 +64,16 @@ def install(target: Any = None, *, defer_post_until_commit: bool = False) -> Non
     existing = _scope.find(target)
     if existing is not None:
         existing.defer = defer_post_until_commit
+        existing.outbox = outbox
         return
     matches = _scope.matcher(target)
     if not _scope.installations:
         _listen(True)
-    _scope.installations.append(_scope.Installation(target, matches, defer_post_until_commit))
+    _scope.installations.append(
+        _scope.Installation(target, matches, defer_post_until_commit, outbox)
+    )
+    if outbox is not None and outbox.engine is None:
+        outbox.engine = _scope.engine_of(target)
 
 
 def uninstall(target: Any = None) -> bool:

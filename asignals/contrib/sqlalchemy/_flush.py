@@ -29,7 +29,7 @@ from sqlalchemy.orm.state import InstanceState
 
 from ... import AsyncSignal, signals
 from . import _bulk, _m2m
-from ._run import Send, run, send_all
+from ._run import Send, run, send_all, send_local
 from ._scope import Installation, installation_for, using
 
 __all__: list[str] = []
@@ -41,8 +41,8 @@ def observed(signal: AsyncSignal, sender: Any = None) -> bool:
     """Whether a send of ``signal`` from ``sender`` would be seen by anyone in this process.
 
     A receiver for ``sender`` (or any sender) sees it; so does whatever wrapped the signal's
-    ``send`` on the instance (``asignals.testing``'s recorder), which records sends that reach
-    no receiver: the sends are made for it too.
+    ``send`` on the instance: ``asignals.testing``'s recorder, which records sends that reach no
+    receiver, and a running bridge, which publishes them.
     """
     return signal.has_listeners(sender) or "send" in vars(signal)
 
@@ -321,7 +321,7 @@ async def _send_all_deferred(sends: list[Send]) -> None:
     errors: list[Exception] = []
     for signal, sender, kwargs in sends:
         try:
-            await signal.send(sender, **kwargs)
+            await send_local(signal, sender, kwargs)
         except ExceptionGroup as group:
             errors.extend(group.exceptions)
         except Exception as exc:

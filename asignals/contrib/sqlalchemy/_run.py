@@ -16,6 +16,7 @@ Two cases have no greenlet to hand the coroutine through:
 from __future__ import annotations
 
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import MissingGreenlet
@@ -23,6 +24,8 @@ from sqlalchemy.ext.asyncio import async_session as _async_session_of
 from sqlalchemy.orm import Session
 
 from ... import AsyncSignal
+from ...bridge import _sending
+from ._scope import installations
 
 try:  # SQLAlchemy 2.1 renamed await_only() to await_(); 2.0 has only the old name.
     from sqlalchemy.util import await_ as _await_only
@@ -44,7 +47,51 @@ Send = tuple[AsyncSignal, Any, dict[str, Any]]
 
 async def send_all(sends: list[Send]) -> None:
     for signal, sender, kwargs in sends:
-        await signal.send(sender, **kwargs)
+        await send_local(signal, sender, kwargs)
+
+
+async def send_local(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> Any:
+    """``signal.send``, except that a signal an outbox carries is not published by its bridge.
+
+    Its cross-process copy is the outbox row, written in the transaction; the local send holds
+    live objects (the instance, the session) that could not be encoded anyway.
+    """
+    if not outboxed(signal):
+        return await signal.send(sender, **kwargs)
+    return await send_unpublished(signal, sender, kwargs)
+
+
+async def send_unpublished(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> Any:
+    """Run ``signal``'s local receivers without any bridge encoding or publishing the send."""
+    local_only = getattr(_sending, "local_only", None)
+    if local_only is not None:
+        token = local_only.set(True)
+        try:
+            return await signal.send(sender, **kwargs)
+        finally:
+            local_only.reset(token)
+    if not vars(signal).get("_asignals_bridges"):
+        return await signal.send(sender, **kwargs)  # no bridge is hooked into this signal
+    # This bridge has no public "local only" switch yet: skip its send wrapper (the class's
+    # method runs the receivers) and mark the send as the remote echo its publishing receiver
+    # leaves alone (the receiver matches the marker's signal, sender and kwargs by identity).
+    token = _sending.delivering.set(_Unpublished(signal, sender, kwargs))
+    try:
+        return await type(signal).send(signal, sender, **kwargs)
+    finally:
+        _sending.delivering.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unpublished:
+    signal: AsyncSignal
+    sender: Any
+    kwargs: dict[str, Any]
+
+
+def outboxed(signal: AsyncSignal) -> bool:
+    """Whether an installed outbox carries ``signal``."""
+    return any(i.outbox is not None and i.outbox.carries(signal) for i in installations)
 
 
 def run(session: Session, coro: Coroutine[Any, Any, None]) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import async_session as _async_session_of
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from ._outbox import Outbox
 
 __all__: list[str] = []
 
@@ -27,7 +30,7 @@ class Installation:
     target: Any
     matches: Callable[[Session], bool]
     defer: bool
-    outbox: Any = None  # an Outbox, or None
+    outbox: Outbox | None = None
 
 
 installations: list[Installation] = []
@@ -94,3 +97,13 @@ def matcher(target: Any) -> Callable[[Session], bool]:
         "sessionmaker, an AsyncSession or Session class or instance, or an AsyncEngine or "
         f"Engine; got {target!r}"
     )
+
+
+def engine_of(target: Any) -> AsyncEngine | None:
+    """The async engine ``target`` binds its sessions to, when it names one."""
+    if isinstance(target, AsyncEngine):
+        return target
+    bind = target.kw.get("bind") if isinstance(target, async_sessionmaker) else None
+    if bind is None and isinstance(target, AsyncSession):
+        bind = target.bind
+    return bind if isinstance(bind, AsyncEngine) else None
