@@ -12,11 +12,11 @@ latency.
 2. **Relay throughput** (PostgreSQL to the Redis bridge): ``--events`` committed rows wait in
    the table; the time from ``outbox.relay()`` start until the table is empty, i.e. every row
    published, confirmed by Redis and deleted. Median of 3.
-3. **Latency**: a writer commits one order plus an ``order_placed`` event per transaction at
-   ``--rate`` transactions/s (concurrent sessions), the relay runs in the writer's process with
-   LISTEN/NOTIFY, and a second *process* receives the events through its own bridge. Latency
-   is the receiver's ``time.monotonic()`` minus the writer's right after COMMIT returned
-   (the same clock in both processes on Linux).
+3. **Latency**: ``--writers`` processes commit one order plus an ``order_placed`` event per
+   transaction, ``--rate`` transactions/s in all (concurrent sessions); the relay runs in the
+   benchmark's process with LISTEN/NOTIFY, and another *process* receives the events through
+   its own bridge. Latency is the receiver's ``time.monotonic()`` minus the writer's as it
+   sends COMMIT (one clock for all processes on Linux): it includes the COMMIT itself.
 
 Servers: PostgreSQL at ``ASIGNALS_POSTGRES_DSN``, Redis at ``ASIGNALS_REDIS_URL``.
 """
@@ -49,7 +49,7 @@ from asignals.signals import post_save
 POSTGRES_DSN = os.environ.get("ASIGNALS_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ASIGNALS_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = POSTGRES_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
-RUN = uuid.uuid4().hex[:8]
+RUN = os.environ.setdefault("ASIGNALS_BENCH_RUN", uuid.uuid4().hex[:8])  # children share it
 
 order_placed = AsyncSignal(name="order_placed")
 
@@ -191,18 +191,11 @@ async def consumer(stream: str) -> None:
     print(json.dumps(arrived), flush=True)
 
 
-async def latency(events: int, rate: float) -> tuple[list[float], float]:
+async def writer(stream: str, events: int, rate: float) -> None:
+    """A writing process: ``events`` transactions (an order and its event) at ``rate``/s."""
     engine = create_async_engine(PG_URL, pool_size=20)
-    stream = f"bench:{RUN}:latency"
-    bridge = make_bridge(stream, [order_placed])
-    outbox = Outbox(bridge, metadata=Base.metadata)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    outbox = Outbox(make_bridge(stream, [order_placed]), metadata=Base.metadata)
     maker = async_sessionmaker(engine, expire_on_commit=False)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--consumer", stream, stdin=PIPE, stdout=PIPE, limit=1 << 24
-    )
-    assert child.stdout is not None and child.stdin is not None
     committed: dict[int, float] = {}
     limit = asyncio.Semaphore(16)
 
@@ -212,30 +205,64 @@ async def latency(events: int, rate: float) -> tuple[list[float], float]:
             session.add(order)
             await session.flush()
             await outbox.send(session, order_placed, "shop", order_id=order.id)
-            await session.commit()
+            # Taken as COMMIT is sent: once it returns, this task may resume after the event
+            # arrived. So the figure includes the COMMIT's own round trip (an upper bound).
             committed[order.id] = time.monotonic()
+            await session.commit()
 
+    start = time.monotonic()
+    tasks = []
+    for n in range(events):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(place(n)))
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - start
+    await engine.dispose()
+    print(json.dumps({"elapsed": elapsed, "committed": committed}), flush=True)
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, __file__, *args, stdin=PIPE, stdout=PIPE, limit=1 << 24
+    )
+
+
+async def latency(events: int, rate: float, writers: int) -> tuple[list[float], float]:
+    """Writers and the receiver in processes of their own, the relay in this one."""
+    engine = create_async_engine(PG_URL, pool_size=20)
+    stream = f"bench:{RUN}:latency"
+    bridge = make_bridge(stream, [order_placed])
+    outbox = Outbox(bridge, metadata=Base.metadata)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    receiver = await _spawn("--consumer", stream)
+    assert receiver.stdout is not None and receiver.stdin is not None
+    committed: dict[str, float] = {}
     try:
-        await asyncio.wait_for(child.stdout.readline(), 30)  # "ready"
+        await asyncio.wait_for(receiver.stdout.readline(), 30)  # "ready"
         async with bridge, outbox.relay(engine, poll_interval=1.0):
-            start = time.monotonic()
-            tasks = []
-            for n in range(events):
-                delay = start + n / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(place(n)))
-            await asyncio.gather(*tasks)
-            achieved = events / (time.monotonic() - start)
+            each = str(events // writers)
+            procs = [
+                await _spawn("--writer", stream, each, str(rate / writers)) for _ in range(writers)
+            ]
+            elapsed = 0.0
+            for proc in procs:
+                assert proc.stdout is not None
+                report = json.loads((await asyncio.wait_for(proc.stdout.readline(), 300)).decode())
+                committed.update(report["committed"])
+                elapsed = max(elapsed, report["elapsed"])
+                await proc.wait()
             while await _rows(engine, outbox):  # noqa: ASYNC110 - polls a table
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.5)
-        child.stdin.close()
-        arrived = json.loads((await asyncio.wait_for(child.stdout.readline(), 30)).decode())
-        await child.wait()
+        receiver.stdin.close()
+        arrived = json.loads((await asyncio.wait_for(receiver.stdout.readline(), 30)).decode())
+        await receiver.wait()
     finally:
-        if child.returncode is None:
-            child.kill()
+        if receiver.returncode is None:
+            receiver.kill()
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
         await engine.dispose()
@@ -243,9 +270,8 @@ async def latency(events: int, rate: float) -> tuple[list[float], float]:
     missing = len(committed) - len(arrived)
     if missing:
         print(f"warning: {missing} event(s) did not arrive")
-    return [
-        (arrived[str(k)] - v) * 1000 for k, v in committed.items() if str(k) in arrived
-    ], achieved
+    waits = [(arrived[k] - v) * 1000 for k, v in committed.items() if k in arrived]
+    return waits, len(committed) / elapsed
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -261,6 +287,7 @@ async def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--latency-events", type=int, default=3_000)
     parser.add_argument("--rate", type=float, default=1_000.0)
+    parser.add_argument("--writers", type=int, default=2, help="writing processes")
     args = parser.parse_args()
 
     print(f"\n1. Commit cost per row, median of {args.rounds} interleaved rounds\n")
@@ -290,7 +317,7 @@ async def main() -> None:
         f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; target >= 10,000)"
     )
 
-    values, achieved = await latency(args.latency_events, args.rate)
+    values, achieved = await latency(args.latency_events, args.rate, args.writers)
     print(
         f"\n3. COMMIT -> remote receiver, {len(values):,} events at {achieved:,.0f}/s "
         f"(asked {args.rate:,.0f}/s), LISTEN/NOTIFY: p50 {_pct(values, 0.5):.1f} ms, "
@@ -301,5 +328,7 @@ async def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--consumer"]:
         asyncio.run(consumer(sys.argv[2]))
+    elif sys.argv[1:2] == ["--writer"]:
+        asyncio.run(writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
     else:
         asyncio.run(main())

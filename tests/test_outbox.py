@@ -19,19 +19,19 @@ from typing import Any
 import pytest
 from outbox_worker import Shop, make, order_placed
 from redis.asyncio import Redis
-from sqlalchemy import ForeignKey, String, func, inspect, select, update
+from sqlalchemy import Column, ForeignKey, String, Table, func, inspect, select, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, EncodeError, RedisStreams
 from asignals.contrib.sqlalchemy import Outbox, install, register_model, uninstall
-from asignals.signals import post_save
+from asignals.signals import m2m_changed, post_save
 
 pytestmark = pytest.mark.anyio
 
@@ -274,6 +274,62 @@ async def test_rows_go_out_in_commit_order_per_transaction(world: World) -> None
     placed = [(e["kwargs"]["order_id"], e["kwargs"]["n"]) for e in events if "n" in e["kwargs"]]
     assert placed == [(o.id, n) for o in orders for n in range(4)]
     assert await w.rows() == 0
+
+
+async def test_m2m_changed_goes_through_the_outbox(redis_url: str, tmp_path: Path) -> None:
+    class Base(DeclarativeBase):
+        pass
+
+    post_tags = Table(
+        "post_tags",
+        Base.metadata,
+        Column("post_id", ForeignKey("post.id"), primary_key=True),
+        Column("tag_id", ForeignKey("tag.id"), primary_key=True),
+    )
+
+    class Tag(Base):
+        __tablename__ = "tag"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Post(Base):
+        __tablename__ = "post"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        tags: Mapped[list[Tag]] = relationship(secondary=post_tags, lazy="selectin")
+
+    stream = f"asignals-test:m2m{uuid.uuid4().hex[:8]}"
+    bridge = Bridge(
+        RedisStreams(redis_url),
+        stream=stream,
+        mode="publish",
+        signals=[m2m_changed],
+        senders={"Post": Post, "Tag": Tag, "post_tags": post_tags},
+    )
+    outbox = Outbox(bridge, metadata=Base.metadata)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'm2m.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    install(maker, outbox=outbox)
+    redis = Redis.from_url(redis_url)
+    try:
+        async with bridge, outbox.relay(engine, poll_interval=0.05):
+            async with maker() as session:
+                tag = Tag(id=7)
+                session.add(Post(id=1, tags=[tag]))
+                await session.commit()
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(await stream_data(redis, stream)) < 1:
+                assert asyncio.get_running_loop().time() < deadline, "no m2m_changed published"
+                await asyncio.sleep(0.02)
+        (event,) = [json.loads(data) for data in await stream_data(redis, stream)]
+    finally:
+        uninstall(maker)
+        await redis.delete(stream)
+        await redis.aclose()
+        await engine.dispose()
+    assert event["signal"] == "m2m_changed" and event["sender"] == {"ref": "post_tags"}
+    assert event["kwargs"]["action"] == "post_add" and event["kwargs"]["reverse"] is False
+    assert set(event["kwargs"]) == {"instance", "action", "reverse", "pk_set"}
 
 
 # -- what cannot be encoded fails the flush -----------------------------------------------------

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Outbox"]
 
 _PORT = ("carries", "encode", "publish_encoded", "dead_letter_encoded")
-_ONE_STATEMENT = 8  # rows written with their NOTIFY in one statement (more: compiling costs)
 _tokens: weakref.WeakKeyDictionary[SessionTransaction, list[Any]] = weakref.WeakKeyDictionary()
 
 
@@ -75,6 +74,7 @@ class Outbox:
         metadata: MetaData | None = None,
         table: str = "asignals_outbox",
         schema: str | None = None,
+        notify: bool = True,
     ) -> None:
         missing = [name for name in _PORT if not callable(getattr(bridge, name, None))]
         if missing:
@@ -97,6 +97,10 @@ class Outbox:
         )
         #: The PostgreSQL ``NOTIFY`` channel that wakes relays at COMMIT.
         self.channel = table[:63]
+        #: Whether a transaction that writes rows sends ``NOTIFY`` (PostgreSQL): relays wake at
+        #: once. It costs the COMMIT about as much as the rows' INSERT; without it relays
+        #: find rows at their next poll.
+        self.notify = bool(notify)
         #: The engine :meth:`relay` uses by default (from :meth:`create` or ``install()``).
         self.engine: AsyncEngine | None = None
 
@@ -183,11 +187,12 @@ class Outbox:
                 "has none: call it inside `async with session.begin():` or after the session's "
                 "first query or add(), before `await session.commit()`"
             )
-        rows = self._rows(sync, [(signal, sender, kwargs)])
+        counter = _counter(sync)
+        rows = self._rows(counter, [(signal, sender, kwargs)])  # may raise: nothing ran yet
         if isinstance(session, AsyncSession):
-            await session.run_sync(lambda s: self._insert(s.connection(), rows))
+            await session.run_sync(lambda s: self._insert(s.connection(), rows, counter))
         else:
-            self._insert(sync.connection(), rows)
+            self._insert(sync.connection(), rows, counter)
         result: list[tuple[Any, Any]] = await send_unpublished(signal, sender, kwargs)
         return result
 
@@ -197,11 +202,16 @@ class Outbox:
         """Write the carried sends among ``sends`` (a flush's ``post_*``) in its transaction."""
         carried = [send for send in sends if self.bridge.carries(send[0])]
         if carried:
-            self._insert(session.connection(), self._rows(session, carried))
+            self._write(session, carried)
 
-    def _rows(self, session: Session, sends: Iterable[Send]) -> list[dict[str, Any]]:
-        """Encode each send now: an error here fails the flush, not the relay later."""
+    def _write(self, session: Session, sends: Iterable[Send]) -> None:
+        """Encode ``sends`` and insert their rows in ``session``'s transaction (sync context)."""
         counter = _counter(session)
+        rows = self._rows(counter, sends)
+        self._insert(session.connection(), rows, counter)
+
+    def _rows(self, counter: list[Any], sends: Iterable[Send]) -> list[dict[str, Any]]:
+        """Encode each send now: an error here fails the flush, not the relay later."""
         codec = getattr(self.bridge, "codec", None)
         now = time.time()
         rows = []
@@ -223,19 +233,14 @@ class Outbox:
             )
         return rows
 
-    def _insert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def _insert(self, conn: Connection, rows: list[dict[str, Any]], counter: list[Any]) -> None:
         try:
-            if conn.dialect.name != "postgresql":
-                conn.execute(self.table.insert(), rows)
-            elif len(rows) <= _ONE_STATEMENT:
-                # The NOTIFY (delivered at COMMIT only, dropped on ROLLBACK) wakes idle relays;
-                # in the INSERT's statement it costs no round trip of its own.
-                written = self.table.insert().values(rows).returning(self.table.c.id).cte()
-                notify = select(func.pg_notify(self.channel, "")).select_from(written).limit(1)
-                conn.execute(notify)
-            else:
-                conn.execute(self.table.insert(), rows)
+            conn.execute(self.table.insert(), rows)
+            if self.notify and not counter[2] and conn.dialect.name == "postgresql":
+                # Delivered at COMMIT (dropped on ROLLBACK), once per transaction: it wakes the
+                # idle relays. (Measured: cheaper as its own statement than in the INSERT's.)
                 conn.execute(select(func.pg_notify(self.channel, "")))
+                counter[2] = True
         except DBAPIError as exc:
             if _is_missing_table(exc, self.table.name):
                 raise RuntimeError(self._missing_table()) from exc
@@ -268,17 +273,19 @@ def _define(metadata: MetaData, name: str, schema: str | None) -> Table:
 
 
 def _counter(session: Session) -> list[Any]:
-    """``[name, last seq]`` of the session's root transaction, so relays keep its rows in order.
+    """``[name, last seq, notified]`` of the session's root transaction.
+
+    The name and ``seq`` let relays keep a transaction's rows in order; one NOTIFY is enough.
 
     A row with ``seq`` 0 is its transaction's first: a relay that has it needs not ask whether
     another relay holds earlier rows of that transaction.
     """
     transaction = session.get_transaction()
     if transaction is None:  # pragma: no cover - callers checked or are inside a flush
-        return [uuid.uuid4().hex, -1]
+        return [uuid.uuid4().hex, -1, False]
     counter = _tokens.get(transaction)
     if counter is None:
-        counter = _tokens[transaction] = [uuid.uuid4().hex, -1]
+        counter = _tokens[transaction] = [uuid.uuid4().hex, -1, False]
     return counter
 
 
