@@ -273,7 +273,7 @@ def _deliver(session: Session, installation: Installation, sends: list[Send]) ->
         return
     outbox = installation.outbox
     if outbox is not None:
-        outbox.write_flush(session, sends)
+        outbox._write_flush(session, sends)
     if installation.defer:
         transaction = session.get_nested_transaction() or session.get_transaction()
         if transaction is not None:

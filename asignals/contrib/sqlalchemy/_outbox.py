@@ -198,7 +198,7 @@ class Outbox:
 
     # -- writing (from the flush hooks) ----------------------------------------------------
 
-    def write_flush(self, session: Session, sends: Iterable[Send]) -> None:
+    def _write_flush(self, session: Session, sends: Iterable[Send]) -> None:
         """Write the carried sends among ``sends`` (a flush's ``post_*``) in its transaction."""
         carried = [send for send in sends if self.bridge.carries(send[0])]
         if carried:
