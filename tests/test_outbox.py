@@ -332,6 +332,18 @@ async def test_m2m_changed_goes_through_the_outbox(redis_url: str, tmp_path: Pat
     assert set(event["kwargs"]) == {"instance", "action", "reverse", "pk_set"}
 
 
+async def test_writers_and_a_busy_relay_do_not_block_each_other(world: World) -> None:
+    w = world
+    async with w.shop.bridge, w.relay(poll_interval=0.01):
+        orders = await asyncio.wait_for(
+            asyncio.gather(*(place(w, f"w{i}") for i in range(30))), timeout=30
+        )
+        events = await w.wait_events(60, timeout=20)
+        await wait_until(lambda: _empty(w), 5, "an empty outbox table")
+    placed = sorted(e["kwargs"]["order_id"] for e in events if e["signal"] == "order_placed")
+    assert placed == sorted(o.id for o in orders) and len(events) == 60
+
+
 # -- what cannot be encoded fails the flush -----------------------------------------------------
 
 
