@@ -22,7 +22,7 @@ from ._dedup import Deduplicator
 from ._envelope import Encoded, Event, Registry
 from ._publisher import Publisher, PublishError
 from ._receiving import Receiver
-from ._sending import Outgoing, delivering, install, outgoing, uninstall
+from ._sending import Outgoing, delivering, install, uninstall
 from ._transport import DeadLetter, Transport, Unavailable
 
 __all__ = ["Bridge", "Mode"]
@@ -62,14 +62,12 @@ def _sender_map(senders: Any) -> Mapping[str, Any]:
     if senders is None:
         return {}
     if not isinstance(senders, Mapping):
-        example = ", ".join(
-            f"{getattr(s, '__name__', 'Name')!r}: {getattr(s, '__name__', 'sender')}"
-            for s in (list(senders) if isinstance(senders, Iterable) else [senders])[:3]
-        )
+        given = list(senders) if isinstance(senders, Iterable) else [senders]
+        names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
+        example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
         raise TypeError(
             f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
-            f"write senders={{{example or repr('Order') + ': Order'}}} "
-            f"(the same names in every process)"
+            f"write senders={{{example}}} (the same names in every process)"
         )
     return senders
 
@@ -181,6 +179,8 @@ class Bridge:
         self._uid = f"asignals.bridge:{self.origin}:{stream}"
         self._publisher: Publisher | None = None
         self._receiver: Receiver | None = None
+        #: Sends encoded and not yet taken by the publishing receiver (see ``_sending``).
+        self._outgoing: list[Outgoing] = []
         for signal in signal_list:
             self.attach(signal)
         for name, sender in sender_map.items():
@@ -332,15 +332,36 @@ class Bridge:
         signal.disconnect(dispatch_uid=self._uid)
         uninstall(signal, self)
 
-    def _prepare(
-        self, signal: Any, sender: Any, kwargs: dict[str, Any], nxt: Outgoing | None
-    ) -> Outgoing:
+    def _prepare(self, signal: Any, sender: Any, kwargs: dict[str, Any], local: bool) -> Outgoing:
         """Encode one send for this bridge before any receiver runs (see ``_sending``)."""
+        if local:
+            return Outgoing(signal, sender, kwargs, {}, None)
         name = self._registry.signal_name(signal)
         if name is None:
             raise EncodeError(f"{signal!r} is not bridged by {self!r}")
         body = self._registry.body(name, sender, kwargs)
-        return Outgoing(self, signal, body, self._registry.dump(body), nxt)
+        return Outgoing(signal, sender, kwargs, body, self._registry.dump(body))
+
+    def _take(self, signal: Any, sender: Any, kwargs: dict[str, Any]) -> Outgoing | None:
+        """The encoded event of the send this receiver call belongs to, removed from the list.
+
+        Newest first: it is almost always the last one appended (the list holds only sends
+        whose receivers are running).
+        """
+        pending = self._outgoing
+        for index in range(len(pending) - 1, -1, -1):
+            out = pending[index]
+            if out.matches(signal, sender, kwargs):
+                del pending[index]
+                out.signal = None  # taken: the wrapper need not look for it
+                return out
+        return None
+
+    def _forget(self, out: Outgoing) -> None:
+        for index, pending in enumerate(self._outgoing):
+            if pending is out:
+                del self._outgoing[index]
+                return
 
     def _publish(self, signal: Any, sender: Any, **kwargs: Any) -> Awaitable[None] | None:
         """The receiver connected to every bridged signal: queue the encoded event, maybe wait.
@@ -352,14 +373,11 @@ class Bridge:
         publisher = self._publisher
         if publisher is None:
             return None
-        out = outgoing.get()
-        while out is not None and (out.bridge is not self or out.signal is not signal):
-            out = out.next
+        out = self._take(signal, sender, kwargs)
         if out is not None:
-            data, out.data = out.data, None
-            if data is None:
-                return None  # already queued by this send
-            body = out.body
+            if out.data is None:
+                return None  # a local-only send
+            body, data = out.body, out.data
         elif _is_remote_echo(signal, sender, kwargs):
             return None
         else:  # a send that bypassed signal.send (see _sending): encode it now

@@ -20,7 +20,7 @@ from ._backoff import Backoff
 from ._codec import DecodeError
 from ._dedup import Deduplicator
 from ._envelope import Envelope, Event, Registry
-from ._sending import delivering, outgoing
+from ._sending import delivering
 from ._transport import Delivery, Subscription, Transport, Unavailable
 
 __all__ = ["Receiver"]
@@ -182,6 +182,8 @@ class Receiver:
             except Exception as exc:
                 if self._stopping:
                     return
+                if self._subscription is None and not isinstance(exc, Unavailable):
+                    raise  # the transport refused the options (a bad group name): start fails
                 if not backoff.failing:
                     level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
                     logger.log(level, "reading %r failed, retrying: %r", self._stream, exc)
@@ -293,7 +295,6 @@ class Receiver:
     async def _deliver(self, event: Event, attempt: int) -> tuple[BaseException | None, list[str]]:
         """Send a remote event to local receivers: (an error, the receivers that raised)."""
         token = delivering.set(event)
-        untoken = outgoing.set(None)
         send = type(event.signal).send_robust  # not the bridged one: this is no new event
         try:
             hooks = _hooks.hooks
@@ -307,7 +308,6 @@ class Receiver:
             logger.error("delivering %s from %r failed: %r", event.envelope.id, self._stream, exc)
             return exc, []
         finally:
-            outgoing.reset(untoken)
             delivering.reset(token)
         failures = [(r, x) for r, x in results if isinstance(x, BaseException)]
         if not failures:
