@@ -32,6 +32,7 @@ from asignals import AsyncSignal
 from asignals.bridge import Bridge, EncodeError, RedisStreams
 from asignals.contrib.sqlalchemy import Outbox, install, register_model, uninstall
 from asignals.signals import m2m_changed, post_save
+from asignals.testing import SignalRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -168,7 +169,9 @@ async def _empty(w: World) -> bool:
     return await w.rows() == 0
 
 
-async def test_local_receivers_run_as_without_the_outbox(world: World, connect: Any) -> None:
+async def test_local_receivers_run_as_without_the_outbox(
+    world: World, connect: Any, signal_recorder: SignalRecorder
+) -> None:
     w = world
     seen: list[tuple[Any, Any]] = []
     domain: list[dict[str, Any]] = []
@@ -182,12 +185,16 @@ async def test_local_receivers_run_as_without_the_outbox(world: World, connect: 
     connect(post_save, on_saved, w.shop.order)
     connect(order_placed, on_placed)
     async with w.shop.bridge, w.relay():
+        # After the bridge started: its send hook replaces what was on the signal before.
+        signal_recorder.watch(post_save, order_placed)
         order = await place(w)
         events = await w.wait_events(2)
         await asyncio.sleep(0.2)
     assert [(i, type(u)) for i, u in seen] == [(order, AsyncSession)]  # the live instance
     assert domain == [{"order_id": order.id, "n": 0}]
     assert len(await w.events()) == len(events) == 2  # one copy each: the relay's, no direct one
+    signal_recorder.assert_sent(post_save, sender=w.shop.order, instance=order, times=1)
+    signal_recorder.assert_sent(order_placed, sender="shop", order_id=order.id, times=1)
 
 
 async def test_deferred_local_receivers_and_the_outbox_row(world: World, connect: Any) -> None:

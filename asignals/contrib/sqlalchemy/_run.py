@@ -16,7 +16,6 @@ Two cases have no greenlet to hand the coroutine through:
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import MissingGreenlet
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import async_session as _async_session_of
 from sqlalchemy.orm import Session
 
 from ... import AsyncSignal
-from ...bridge import _sending
+from ...bridge._sending import local_only
 from ._scope import installations
 
 try:  # SQLAlchemy 2.1 renamed await_only() to await_(); 2.0 has only the old name.
@@ -63,30 +62,11 @@ async def send_local(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -
 
 async def send_unpublished(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> Any:
     """Run ``signal``'s local receivers without any bridge encoding or publishing the send."""
-    local_only = getattr(_sending, "local_only", None)
-    if local_only is not None:
-        token = local_only.set(True)
-        try:
-            return await signal.send(sender, **kwargs)
-        finally:
-            local_only.reset(token)
-    if not vars(signal).get("_asignals_bridges"):
-        return await signal.send(sender, **kwargs)  # no bridge is hooked into this signal
-    # This bridge has no public "local only" switch yet: skip its send wrapper (the class's
-    # method runs the receivers) and mark the send as the remote echo its publishing receiver
-    # leaves alone (the receiver matches the marker's signal, sender and kwargs by identity).
-    token = _sending.delivering.set(_Unpublished(signal, sender, kwargs))
+    token = local_only.set(True)
     try:
-        return await type(signal).send(signal, sender, **kwargs)
+        return await signal.send(sender, **kwargs)
     finally:
-        _sending.delivering.reset(token)
-
-
-@dataclass(frozen=True, slots=True)
-class _Unpublished:
-    signal: AsyncSignal
-    sender: Any
-    kwargs: dict[str, Any]
+        local_only.reset(token)
 
 
 def outboxed(signal: AsyncSignal) -> bool:
