@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from asignals import AsyncSignal
-from asignals.bridge import Bridge, EncodeError, RedisStreams
+from asignals.bridge import Bridge, DecodeError, EncodeError, JsonCodec, RedisStreams
 from asignals.contrib.sqlalchemy import Outbox, install, register_model, uninstall
 from asignals.signals import m2m_changed, post_save
 from asignals.testing import SignalRecorder
@@ -243,7 +243,7 @@ async def test_remote_receiver_gets_a_detached_instance(world: World) -> None:
     assert type(instance) is w.shop.order and instance is not order
     assert (instance.id, instance.customer, instance.total) == (order.id, "eve", Decimal("9.99"))
     assert inspect(instance).detached  # a stored row outside any session
-    assert event["created"] is True and "using" not in event
+    assert event["created"] is True and event["using"] is None
     async with w.maker() as session:
         merged = await session.merge(instance)
         merged.customer = "eve2"
@@ -269,7 +269,10 @@ async def test_delete_and_bulk_update_go_through_the_outbox(world: World) -> Non
         events = await w.wait_events(3)
     assert [e["signal"] for e in events] == ["post_save", "post_bulk", "post_delete"]
     assert events[1]["kwargs"]["kind"] == "update"
-    assert set(events[2]["kwargs"]) == {"instance"}  # using/origin stay in the writing process
+    deleted = events[2]["kwargs"]
+    assert set(deleted) == {"instance", "using", "origin"} and deleted["using"] is None
+    assert deleted["origin"] == deleted["instance"]  # the instance whose deletion started it
+    assert events[1]["kwargs"]["statement"] is None  # the writer's SQL expression stays there
 
 
 async def test_rows_go_out_in_commit_order_per_transaction(world: World) -> None:
@@ -336,7 +339,16 @@ async def test_m2m_changed_goes_through_the_outbox(redis_url: str, tmp_path: Pat
         await engine.dispose()
     assert event["signal"] == "m2m_changed" and event["sender"] == {"ref": "post_tags"}
     assert event["kwargs"]["action"] == "post_add" and event["kwargs"]["reverse"] is False
-    assert set(event["kwargs"]) == {"instance", "action", "reverse", "pk_set"}
+    assert set(event["kwargs"]) == {"instance", "action", "reverse", "model", "pk_set", "using"}
+    assert event["kwargs"]["using"] is None and "Tag" in event["kwargs"]["model"]["v"]
+    consumer = JsonCodec()  # another process's codec: it knows the models once registered
+    register_model(consumer, Post)
+    with pytest.raises(DecodeError, match=r"register it here with register_model"):
+        consumer.decode(event["kwargs"]["model"])  # Tag is not registered there yet
+    register_model(consumer, Tag)
+    assert consumer.decode(event["kwargs"]["model"]) is Tag
+    post = consumer.decode(event["kwargs"]["instance"])
+    assert type(post) is Post and post.id == 1 and inspect(post).detached
 
 
 async def test_writers_and_a_busy_relay_do_not_block_each_other(world: World) -> None:

@@ -2,17 +2,19 @@
 
 A ``post_save`` in the writing process holds live objects: the instance, attached to a session,
 and ``using``, the session itself. Neither means anything in another process, so the outbox
-writes the remote copy of each send in this form:
+writes the remote copy of each send with the same keyword names (receivers and typed signals
+see the arguments they expect) and these values:
 
-- ``instance`` becomes a *detached* instance of the same model, holding the column values it had
-  when the row was written (``session.merge(instance)`` attaches it in the receiving process);
-- ``using`` (and ``post_delete``'s ``origin``, which is the instance again) stays behind;
-- ``m2m_changed`` keeps ``instance``, ``action``, ``reverse`` and ``pk_set``; ``model`` and
-  ``objects`` stay behind (``pk_set`` names the rows);
-- ``post_bulk`` keeps ``kind`` and ``pk_set``; the ``statement`` stays behind.
+- ``instance`` (and ``post_delete``'s ``origin``) becomes a *detached* instance of the same
+  model, holding the column values it had when the row was written (``session.merge(instance)``
+  attaches it in the receiving process);
+- ``using`` is None: the receiving process queries through its own sessions;
+- ``m2m_changed``'s ``model`` travels as the model class (by name); ``objects``, the related
+  instances as loaded in the writer, stays behind (``pk_set`` names the rows);
+- ``post_bulk``'s ``statement`` is None (it holds the writer's SQL expression objects).
 
-Instances travel through the bridge's codec under an adapter registered for their class on both
-sides: the writer registers it on first use, a consumer with :func:`register_model`.
+Models travel through the bridge's codec under adapters registered on both sides: the writer
+registers each model on first use, a consumer calls :func:`register_model`.
 """
 
 from __future__ import annotations
@@ -27,23 +29,27 @@ from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.session import make_transient_to_detached
 
 from ... import AsyncSignal, signals
+from ...bridge import EncodeError
 
 __all__ = ["register_model"]
 
-_DROPPED: dict[AsyncSignal, frozenset[str]] = {
-    signals.post_save: frozenset({"using"}),
-    signals.post_delete: frozenset({"using", "origin"}),
-    signals.m2m_changed: frozenset({"using", "model", "objects"}),
-    signals.post_bulk: frozenset({"using", "statement"}),
+#: Per model signal: the keywords whose value stays in the writing process (sent as None), and
+#: those left out (optional ones).
+_LOCAL: dict[AsyncSignal, tuple[frozenset[str], frozenset[str]]] = {
+    signals.post_save: (frozenset({"using"}), frozenset()),
+    signals.post_delete: (frozenset({"using"}), frozenset()),
+    signals.m2m_changed: (frozenset({"using"}), frozenset({"objects"})),
+    signals.post_bulk: (frozenset({"using", "statement"}), frozenset()),
 }
 
 
 def wire_kwargs(signal: AsyncSignal, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of the cross-process copy of a model signal's send."""
-    dropped = _DROPPED.get(signal)
-    if dropped is None:
+    local = _LOCAL.get(signal)
+    if local is None:
         return kwargs
-    return {k: v for k, v in kwargs.items() if k not in dropped}
+    emptied, left_out = local
+    return {k: None if k in emptied else v for k, v in kwargs.items() if k not in left_out}
 
 
 def mapper_of(obj: object) -> Mapper[Any] | None:
@@ -104,31 +110,72 @@ def register_model(codec: Any, cls: type[Any]) -> None:
     if mapper is None:
         raise TypeError(f"register_model() takes a mapped class, got {cls!r}")
     known = _models_of(codec)
-    if cls not in known:
-        codec.register(cls, name=model_tag(cls), encode=_encoder(mapper), decode=_decoder(mapper))
-        known.add(cls)
+    if cls in known.values():
+        return
+    tag = model_tag(cls)
+    codec.register(cls, name=tag, encode=_encoder(mapper), decode=_decoder(mapper))
+    known[tag] = cls
+    meta = type(cls)
+    if meta not in _classes_of(codec):
+        # The class itself (m2m_changed's ``model``) travels by its tag, and is looked up
+        # among the models this codec knows.
+        codec.register(
+            meta,
+            name=f"sqlalchemy:class:{meta.__module__}.{meta.__qualname__}",
+            encode=lambda model: _tag_of(codec, model),
+            decode=lambda tag: _class_of(codec, tag),
+        )
+        _classes_of(codec).add(meta)
 
 
-_models: weakref.WeakKeyDictionary[Any, set[type[Any]]] = weakref.WeakKeyDictionary()
+_models: weakref.WeakKeyDictionary[Any, dict[str, type[Any]]] = weakref.WeakKeyDictionary()
+_metaclasses: weakref.WeakKeyDictionary[Any, set[type[Any]]] = weakref.WeakKeyDictionary()
 _not_models: set[type[Any]] = set()  # classes seen among kwargs that are not mapped
 
 
-def _models_of(codec: Any) -> set[type[Any]]:
-    """The model classes already registered on ``codec``."""
+def _models_of(codec: Any) -> dict[str, type[Any]]:
+    """The model classes registered on ``codec``, by tag."""
     known = _models.get(codec)
     if known is None:
-        known = _models[codec] = set()
+        known = _models[codec] = {}
     return known
 
 
+def _classes_of(codec: Any) -> set[type[Any]]:
+    """The metaclasses whose classes (the models) ``codec`` encodes by tag."""
+    metas = _metaclasses.get(codec)
+    if metas is None:
+        metas = _metaclasses[codec] = set()
+    return metas
+
+
+def _tag_of(codec: Any, model: type[Any]) -> str:
+    for tag, cls in _models_of(codec).items():
+        if cls is model:
+            return tag
+    if mapper_of(model) is not None:
+        register_model(codec, model)
+        return model_tag(model)
+    raise EncodeError(f"the class {model!r} cannot travel: only mapped model classes can")
+
+
+def _class_of(codec: Any, tag: Any) -> type[Any]:
+    cls = _models_of(codec).get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ValueError(
+            f"unknown model {tag!r}: register it here with register_model(bridge.codec, Model)"
+        )
+    return cls
+
+
 def register_instances(codec: Any, kwargs: Mapping[str, Any]) -> None:
-    """Register the model classes of the instances among ``kwargs``' values (first use)."""
-    known = _models_of(codec)
+    """Register the models among ``kwargs``' values, instances or classes (first use)."""
+    known = _models_of(codec).values()
     for value in kwargs.values():
-        cls = type(value)
-        if cls in known or cls in _not_models:
+        cls = value if isinstance(value, type) else type(value)
+        if cls in _not_models or cls in known:
             continue
-        if mapper_of(value) is not None and not isinstance(value, type):
+        if mapper_of(cls) is not None:
             register_model(codec, cls)
         else:
             _not_models.add(cls)
