@@ -639,3 +639,30 @@ async def test_concurrent_sends_with_nested_sends_publish_each_event_once(
     assert sorted(got) == sorted(
         [("outer", n) for n in range(50)] + [("inner", n) for n in range(50)]
     )
+
+
+async def test_a_live_worker_keeps_an_event_longer_than_claim_idle(
+    transport: BridgeKit, stream: str
+) -> None:
+    """Issue 8: an event is claimable only when its worker is gone or stuck, not because its
+    receivers take longer than claim_idle: the bridge renews the claim while they run."""
+    producer = AsyncSignal(name="job")
+    workers = [AsyncSignal(name="job") for _ in range(2)]
+    runs: list[int] = []
+
+    async def slow(sender: Any, n: int, **kw: Any) -> None:
+        runs.append(n)
+        await asyncio.sleep(1.0)  # more than three times claim_idle
+
+    for sig in workers:
+        sig.connect(slow, weak=False)
+    opts: dict[str, Any] = {"mode": "shared", "group": "g", "claim_idle": 0.3}
+    async with (
+        make(transport, stream, workers[0], **opts),
+        make(transport, stream, workers[1], **opts),
+        make(transport, stream, producer, mode="publish"),
+    ):
+        await producer.send(None, n=1)
+        await eventually(lambda: runs != [])
+        await asyncio.sleep(1.5)
+    assert runs == [1]

@@ -12,7 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from .._reserved import RESERVED
 from . import _hooks
@@ -47,29 +47,36 @@ def _is_remote_echo(signal: Any, sender: Any, kwargs: dict[str, Any]) -> bool:
     return all(kwargs[k] is v for k, v in event.kwargs.items())
 
 
-def _signal_list(signals: Any) -> list[Any]:
+def _signal_list(signals: object) -> list[Any]:
     if callable(getattr(signals, "send_robust", None)):
         return [signals]  # one signal, not a list of them
-    if isinstance(signals, str | bytes) or not isinstance(signals, Iterable):
-        raise TypeError(
-            f"signals= takes a signal or a list of signals, got {signals!r}; "
-            f"e.g. signals=[order_placed, order_shipped]"
-        )
-    return list(signals)
+    problem = TypeError(
+        f"signals= takes a signal or a list of signals, got {signals!r}; "
+        f"e.g. signals=[order_placed, order_shipped]"
+    )
+    if isinstance(signals, str | bytes):
+        raise problem
+    try:
+        return list(cast("Iterable[Any]", signals))
+    except TypeError:
+        raise problem from None
 
 
-def _sender_map(senders: Any) -> Mapping[str, Any]:
+def _sender_map(senders: object) -> Mapping[str, Any]:
     if senders is None:
         return {}
-    if not isinstance(senders, Mapping):
-        given = list(senders) if isinstance(senders, Iterable) else [senders]
-        names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
-        example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
-        raise TypeError(
-            f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
-            f"write senders={{{example}}} (the same names in every process)"
-        )
-    return senders
+    if isinstance(senders, Mapping):
+        return cast("Mapping[str, Any]", senders)
+    try:
+        given = list(cast("Iterable[Any]", senders))
+    except TypeError:
+        given = [senders]
+    names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
+    example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
+    raise TypeError(
+        f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
+        f"write senders={{{example}}} (the same names in every process)"
+    )
 
 
 class Bridge:
@@ -151,8 +158,14 @@ class Bridge:
         ):
             if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
                 raise ValueError(f"{option} must be a positive number of seconds, got {number!r}")
-        Backoff(*reconnect_backoff)  # validates
-        Backoff(*retry_backoff)
+        for option, pair in (
+            ("reconnect_backoff", reconnect_backoff),
+            ("retry_backoff", retry_backoff),
+        ):
+            try:
+                Backoff(*pair)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{option}=(initial, maximum) seconds: {exc}") from None
         signal_list = _signal_list(signals)
         sender_map = _sender_map(senders)
         #: The broker this bridge publishes to and reads from.

@@ -12,7 +12,7 @@ import collections
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from . import _hooks
@@ -295,7 +295,9 @@ class Receiver:
     async def _deliver(self, event: Event, attempt: int) -> tuple[BaseException | None, list[str]]:
         """Send a remote event to local receivers: (an error, the receivers that raised)."""
         token = delivering.set(event)
-        send = type(event.signal).send_robust  # not the bridged one: this is no new event
+        # The class's method, not the bridged one on the instance: this is no new event.
+        cls: Any = event.signal.__class__
+        send: Callable[..., Awaitable[list[tuple[Any, Any]]]] = cls.send_robust
         try:
             hooks = _hooks.hooks
             if hooks is None:

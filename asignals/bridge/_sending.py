@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._reserved import RESERVED
 
@@ -85,8 +85,10 @@ delivering: contextvars.ContextVar[Any] = contextvars.ContextVar(
 def _bridged(
     signal: Any, method: str, bridges: list[Bridge]
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
+    cls: Any = signal.__class__
+
     async def send(sender: Any = _MISSING, /, **named: Any) -> Any:
-        unbound = getattr(type(signal), method)
+        unbound = getattr(cls, method)
         by_keyword = sender is _MISSING
         if by_keyword:
             sender = named.get("sender", _MISSING)
@@ -112,8 +114,8 @@ def _bridged(
                     bridge._forget(out)
 
     send.__name__ = method
-    send.__qualname__ = f"{type(signal).__qualname__}.{method}"
-    send.__doc__ = getattr(type(signal), method).__doc__
+    send.__qualname__ = f"{cls.__qualname__}.{method}"
+    send.__doc__ = getattr(cls, method).__doc__
     return send
 
 
@@ -124,21 +126,22 @@ def _without_reserved(named: dict[str, Any]) -> dict[str, Any]:
 def install(signal: Any, bridge: Bridge) -> None:
     """Route ``signal``'s sends through ``bridge`` (and any other bridge already on it)."""
     try:
-        attrs = vars(signal)
+        attrs = cast("dict[str, Any]", vars(signal))
     except TypeError:
         raise TypeError(f"{signal!r} cannot be bridged: it has no instance __dict__") from None
-    bridges: list[Bridge] | None = attrs.get(_ATTR)
+    bridges = cast("list[Bridge] | None", attrs.get(_ATTR))
     if bridges is None:
-        bridges = attrs[_ATTR] = []
-        attrs["send"] = _bridged(signal, "send", bridges)
-        attrs["send_robust"] = _bridged(signal, "send_robust", bridges)
+        created: list[Bridge] = []
+        attrs[_ATTR] = bridges = created
+        attrs["send"] = _bridged(signal, "send", created)
+        attrs["send_robust"] = _bridged(signal, "send_robust", created)
     if bridge not in bridges:
         bridges.append(bridge)
 
 
 def uninstall(signal: Any, bridge: Bridge) -> None:
-    attrs = vars(signal)
-    bridges: list[Bridge] | None = attrs.get(_ATTR)
+    attrs = cast("dict[str, Any]", vars(signal))
+    bridges = cast("list[Bridge] | None", attrs.get(_ATTR))
     if bridges is None or bridge not in bridges:
         return
     bridges.remove(bridge)
