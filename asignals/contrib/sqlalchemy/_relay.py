@@ -72,6 +72,7 @@ class Relay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listener: AsyncConnection | None = None
+        self._listen_failing = False
 
     def __repr__(self) -> str:
         return f"<Relay of {self.outbox!r}>"
@@ -236,6 +237,7 @@ class Relay:
             raise
 
     async def _start_listening(self) -> None:
+        conn: AsyncConnection | None = None
         try:
             conn = await self.engine.connect()
             raw = await conn.get_raw_connection()
@@ -249,8 +251,15 @@ class Relay:
             await add_listener(self.outbox.channel, self._notified)
             driver.add_termination_listener(self._lost_listener)
         except Exception as exc:
-            logger.warning("outbox relay: LISTEN failed (%s); polling until it works", exc)
+            if conn is not None:
+                await _close_quietly(conn)
+            if not self._listen_failing:  # once per outage, not at every poll
+                logger.warning("outbox relay: LISTEN failed (%s); polling until it works", exc)
+            self._listen_failing = True
             return
+        if self._listen_failing:
+            logger.info("outbox relay: listening again")
+        self._listen_failing = False
         self._listener = conn
 
     def _notified(self, *args: object) -> None:
