@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from recording import Recorder
 from servers import NatsServer, PrivateServer, RedisServer
 
 BACKENDS = [
@@ -79,14 +78,6 @@ def redis_url() -> str:
     """The URL of the real Redis; fails the test when it is down."""
     _require("Redis", REDIS_URL, 6379)
     return REDIS_URL
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    """Records every send of the signals ``rec.watch(...)`` names, for this test."""
-    recorder = Recorder()
-    yield recorder
-    recorder.close()
 
 
 @pytest.fixture
