@@ -1,0 +1,245 @@
+"""One ``instrument()`` call: its options, tracer and metrics, and the instrumented send."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from contextvars import Token
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from ._core import AsyncSignal, rows_for, run
+from ._metrics import Metrics
+from ._timing import Timing, timed
+
+logger = logging.getLogger("asignals.opentelemetry")
+
+Results = list[tuple[Any, Any]]
+Options = tuple[bool, float | None, int | None] | None
+
+_UNNAMED: Final = "unnamed"
+
+
+def sender_name(sender: Any) -> str:
+    """What ``asignals.sender`` says: a class by name, a value as itself, an object by type.
+
+    Never the object's ``repr``: it may hold personal data, and it would make every send's
+    attributes unique.
+    """
+    if sender is None:
+        return "None"
+    cls = type(sender)
+    if cls is str:
+        return str(sender)
+    if cls is int:
+        return str(sender)
+    if isinstance(sender, type):
+        return sender.__name__
+    return cls.__name__
+
+
+class SignalInfo:
+    """What every span and data point of one signal shares, computed once."""
+
+    __slots__ = ("attributes", "name", "receivers", "span_name")
+
+    def __init__(self, signal: AsyncSignal) -> None:
+        self.name = signal.name or _UNNAMED
+        self.span_name = f"send {self.name}"
+        self.attributes = {"asignals.signal": self.name}
+        self.receivers: dict[str, dict[str, str]] = {}
+
+    def receiver_attributes(self, receiver: str) -> dict[str, str]:
+        found = self.receivers.get(receiver)
+        if found is None:
+            found = {"asignals.signal": self.name, "asignals.receiver": receiver}
+            self.receivers[receiver] = found
+        return found
+
+
+class Session:
+    """The running instrumentation. Every telemetry call it makes is guarded: a failing
+    exporter, processor or sampler is logged once and never fails a send."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        metrics: Metrics,
+        signals: frozenset[AsyncSignal] | None,
+        receivers: str,
+        min_receiver_ns: int,
+    ) -> None:
+        self.tracer = tracer
+        self.metrics = metrics
+        self.signals = signals
+        self.all_receivers = receivers == "all"
+        self.receiver_spans = receivers != "none"
+        self.min_receiver_ns = min_receiver_ns
+        self._infos: dict[int, tuple[weakref.ref[AsyncSignal], SignalInfo]] = {}
+        self._failed = False
+
+    # -- guards --------------------------------------------------------------------------
+
+    def failed(self, what: str) -> None:
+        """A telemetry call raised: log it (with the traceback the first time), carry on."""
+        if self._failed:
+            logger.debug("asignals.contrib.opentelemetry: %s failed", what, exc_info=True)
+            return
+        self._failed = True
+        logger.warning(
+            "asignals.contrib.opentelemetry: %s failed; the send went on without it "
+            "(logged once, then at DEBUG)",
+            what,
+            exc_info=True,
+        )
+
+    # -- signals -------------------------------------------------------------------------
+
+    def traces(self, signal: AsyncSignal) -> bool:
+        selected = self.signals
+        return selected is None or signal in selected
+
+    def info(self, signal: AsyncSignal) -> SignalInfo:
+        key = id(signal)
+        found = self._infos.get(key)
+        if found is not None and found[0]() is signal:
+            return found[1]
+        info = SignalInfo(signal)
+        infos = self._infos
+        self._infos[key] = (weakref.ref(signal, lambda _ref: infos.pop(key, None)), info)
+        return info
+
+    # -- the send ------------------------------------------------------------------------
+
+    async def send(
+        self,
+        signal: AsyncSignal,
+        sender: Any,
+        named: dict[str, Any],
+        options: Options,
+        robust: bool,
+        background: bool,
+    ) -> Results:
+        """Run the send through the core's dispatch with timed receivers, inside its span."""
+        info = self.info(signal)
+        timings, rows = timed(rows_for(signal, sender))
+        named["signal"] = signal
+        named["sender"] = sender
+        span: Span | None = None
+        token: Token[Context] | None = None
+        try:
+            span = self.tracer.start_span(
+                info.span_name,
+                kind=SpanKind.INTERNAL,
+                attributes={
+                    "asignals.signal": info.name,
+                    "asignals.sender": sender_name(sender),
+                    "asignals.receivers": len(timings),
+                    "asignals.robust": robust,
+                    "asignals.background": background,
+                },
+            )
+            # Current while the receivers run: their own sends, and the bridge's trace
+            # headers, are this send's children.
+            token = otel_context.attach(trace.set_span_in_context(span))
+        except Exception:
+            self.failed("starting a send span")
+        try:
+            if options is None:
+                results = await run(signal, rows, 0, [], named, robust)
+            else:
+                results = await run(signal, rows, 0, [], named, robust, *options)
+        except BaseException as exc:
+            if token is not None:
+                otel_context.detach(token)
+            self._record(
+                info, span, timings, background, exc if isinstance(exc, Exception) else None
+            )
+            raise
+        if token is not None:
+            otel_context.detach(token)
+        for index, (timing, value) in enumerate(results):
+            if timing.cancelled and timing.error is None and isinstance(value, Exception):
+                # A timeout: the core cancelled the receiver and put the error in its slot.
+                timing.error = value
+            results[index] = (timing.fn, value)
+        self._record(info, span, timings, background, None)
+        return results
+
+    def _record(
+        self,
+        info: SignalInfo,
+        span: Span | None,
+        timings: list[Timing],
+        background: bool,
+        raised: Exception | None,
+    ) -> None:
+        """After the send: the metrics, the receiver spans, the send span's outcome.
+
+        ``raised`` is what the send raised; when no receiver's own error explains it (a
+        ``timeout`` raises in the core, around the receiver), it is the send span's error.
+        """
+        failures = 0
+        for timing in timings:
+            if timing.error is not None:
+                failures += 1
+        unexplained = raised if failures == 0 else None
+        if unexplained is not None:
+            failures = (
+                len(unexplained.exceptions) if isinstance(unexplained, BaseExceptionGroup) else 1
+            )
+        try:
+            metrics = self.metrics
+            Metrics.count(metrics.sends, (info.name, background))
+            duration = metrics.duration
+            for timing in timings:
+                if timing.end:
+                    attributes = info.receiver_attributes(timing.entry.name)
+                    duration.record((timing.end - timing.start) / 1e9, attributes)
+                    if timing.error is not None:
+                        metrics.failures.add(1, attributes)
+        except Exception:
+            self.failed("recording send metrics")
+        if span is None:
+            return
+        try:
+            if span.is_recording():
+                if self.receiver_spans:
+                    self._receiver_spans(info, span, timings)
+                span.set_attribute("asignals.failures", failures)
+                if failures:
+                    if unexplained is not None:
+                        span.record_exception(unexplained)
+                    for timing in timings:
+                        if timing.error is not None:
+                            span.record_exception(timing.error)
+                    span.set_status(
+                        Status(StatusCode.ERROR, f"{failures} receiver(s) of {info.name} raised")
+                    )
+            span.end()
+        except Exception:
+            self.failed("ending a send span")
+
+    def _receiver_spans(self, info: SignalInfo, span: Span, timings: list[Timing]) -> None:
+        parent = trace.set_span_in_context(span)
+        threshold = 0 if self.all_receivers else self.min_receiver_ns
+        start_span = self.tracer.start_span
+        for timing in timings:
+            if not timing.end or (timing.end - timing.start < threshold and timing.error is None):
+                continue
+            name = timing.entry.name
+            child = start_span(
+                name,
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=info.receiver_attributes(name),
+                start_time=timing.start,
+            )
+            if timing.error is not None:
+                child.record_exception(timing.error)
+                child.set_status(Status(StatusCode.ERROR, f"{name} raised"))
+            child.end(end_time=timing.end)

@@ -1,0 +1,139 @@
+"""The replacements ``instrument()`` puts on ``AsyncSignal`` and ``asignals.background``.
+
+Each is built for one :class:`Session` around the original it replaces, and ``uninstrument()``
+puts the originals back: an uninstrumented program runs the core's own methods, unchanged.
+
+Background sends: ``send_nowait`` / ``send_later`` reach the dispatcher through
+``asignals.background.submit`` / ``submit_wait``, which start the background send's task in the
+caller's context, so the span that scheduled it is the parent of its span whenever it runs
+(after the response, too). To tell that send from the ones its receivers make, the submit marks
+the context for the task it creates; the task's first ``send_robust`` (the background send
+itself) takes the mark off its own copy of the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
+from typing import Any
+
+from ._core import MISSING, RESERVED, AsyncSignal, is_silent, parse_call, signal_options
+from ._metrics import Metrics
+from ._session import Results, Session
+
+Send = Callable[..., Coroutine[Any, Any, Results]]
+Submit = Callable[[AsyncSignal, Any, dict[str, Any]], None]
+SubmitWait = Callable[[AsyncSignal, Any, dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+class _Scheduled:
+    """The mark a submit leaves in the context of the background send it schedules."""
+
+    __slots__ = ("submitting",)
+
+    def __init__(self) -> None:
+        # True while the submit that set it runs: a ``send_nowait`` from a worker thread hops
+        # to the event loop and calls ``submit`` again there, with this mark in its context.
+        self.submitting = True
+
+
+_scheduled: ContextVar[_Scheduled | None] = ContextVar("asignals_otel_scheduled", default=None)
+
+
+def wrap_send(session: Session, original: Send, robust: bool) -> Send:
+    """``send`` or ``send_robust`` with a span, for the signals the session traces."""
+    method = "send_robust" if robust else "send"
+
+    async def send(self: AsyncSignal, sender: Any = MISSING, /, **named: Any) -> Results:
+        if robust and _scheduled.get() is not None:
+            _scheduled.set(None)  # in the background send's own task: its context only
+            return await _background(session, original, self, sender, named)
+        if is_silent(self) or not session.traces(self):
+            return await original(self, sender, **named)
+        options = None
+        if sender is MISSING or not RESERVED.isdisjoint(named):
+            sender, options = parse_call(self, method, sender, named)
+        if options is None:
+            options = signal_options(self)
+        return await session.send(self, sender, named, options, robust, False)
+
+    send.__name__ = method
+    send.__qualname__ = f"AsyncSignal.{method}"
+    send.__doc__ = original.__doc__
+    send.__wrapped__ = original  # type: ignore[attr-defined]
+    return send
+
+
+async def _background(
+    session: Session, original: Send, signal: AsyncSignal, sender: Any, named: dict[str, Any]
+) -> Results:
+    """The background send: a span marked as such, then its outcome and the pending count."""
+    metrics = session.metrics
+    outcome = "cancelled"
+    name = session.info(signal).name
+    try:
+        if is_silent(signal) or not session.traces(signal):
+            results = await original(signal, sender, **named)
+        else:
+            if sender is MISSING or not RESERVED.isdisjoint(named):
+                sender, _ = parse_call(signal, "send_robust", sender, named)
+            options = signal_options(signal)
+            results = await session.send(signal, sender, named, options, True, True)
+        outcome = "completed"
+        for _, value in results:
+            if isinstance(value, Exception):
+                outcome = "failed"
+                break
+        return results
+    except Exception:
+        outcome = "failed"
+        raise
+    finally:
+        metrics.pending -= 1
+        Metrics.count(metrics.finished, (name, outcome))
+
+
+def wrap_submit(session: Session, original: Submit) -> Submit:
+    """``asignals.background.submit`` counting the pending send and marking its context."""
+
+    def submit(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        current = _scheduled.get()
+        if current is not None and current.submitting:
+            original(signal, sender, kwargs)  # the hop to the loop of a submit from a thread
+            return
+        mark = _Scheduled()
+        token = _scheduled.set(mark)
+        session.metrics.pending += 1
+        try:
+            original(signal, sender, kwargs)
+        except BaseException:
+            session.metrics.pending -= 1
+            raise
+        finally:
+            mark.submitting = False
+            _scheduled.reset(token)
+
+    submit.__doc__ = original.__doc__
+    submit.__wrapped__ = original  # type: ignore[attr-defined]
+    return submit
+
+
+def wrap_submit_wait(session: Session, original: SubmitWait) -> SubmitWait:
+    """``asignals.background.submit_wait`` (``send_later``), as :func:`wrap_submit`."""
+
+    async def submit_wait(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+        mark = _Scheduled()
+        token = _scheduled.set(mark)
+        session.metrics.pending += 1
+        try:
+            await original(signal, sender, kwargs)
+        except BaseException:
+            session.metrics.pending -= 1
+            raise
+        finally:
+            mark.submitting = False
+            _scheduled.reset(token)
+
+    submit_wait.__doc__ = original.__doc__
+    submit_wait.__wrapped__ = original  # type: ignore[attr-defined]
+    return submit_wait

@@ -1,0 +1,564 @@
+"""OpenTelemetry instrumentation: spans, links to background sends, metrics, with the real SDK.
+
+Every test reads what the SDK exported (in-memory span exporter, in-memory metric reader): the
+trace tree (parents, attributes, status, exception events) and the data points.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+import asignals
+from asignals import AsyncSignal, background
+from asignals.contrib import opentelemetry as otel
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Telemetry:
+    """The SDK wired to in-memory exporters, and ways to read what it got."""
+
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+    def instrument(self, **options: Any) -> None:
+        otel.instrument(
+            tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **options
+        )
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def span(self, name: str) -> ReadableSpan:
+        found = [s for s in self.spans() if s.name == name]
+        assert len(found) == 1, f"{len(found)} spans named {name!r} in {self.names()}"
+        return found[0]
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.spans()]
+
+    def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
+        return [
+            s for s in self.spans() if s.parent is not None and s.parent.span_id == span_id(parent)
+        ]
+
+    def points(self, metric: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return []
+        return [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for m in scope.metrics
+            if m.name == metric
+            for point in m.data.data_points
+        ]
+
+    def value(self, metric: str, **attributes: Any) -> Any:
+        """The value (sum, or histogram count) of the one data point with these attributes."""
+        wanted = {f"asignals.{k}": v for k, v in attributes.items()}
+        found = [p for p in self.points(metric) if dict(p.attributes) == wanted]
+        assert len(found) <= 1, found
+        if not found:
+            return 0
+        point = found[0]
+        return point.count if hasattr(point, "bucket_counts") else point.value
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return None if span.parent is None else span.parent.span_id
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield Telemetry(exporter, reader, tracer_provider, meter_provider)
+    otel.uninstrument()
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+
+def fast(**kwargs: Any) -> str:
+    return "fast"
+
+
+async def slow(**kwargs: Any) -> str:
+    await anyio.sleep(0.03)
+    return "slow"
+
+
+def broken(**kwargs: Any) -> None:
+    raise ValueError("card declined")
+
+
+def signal_with(name: str, receivers: Sequence[Any]) -> AsyncSignal:
+    sig = AsyncSignal(name=name)
+    for fn in receivers:
+        sig.connect(fn, weak=False)
+    return sig
+
+
+# -- send spans ---------------------------------------------------------------------------
+
+
+async def test_send_span_with_slow_and_failed_receiver_spans(telemetry: Telemetry) -> None:
+    sig = signal_with("order_placed", [fast, slow, broken])
+    telemetry.instrument()
+
+    results = await sig.send_robust("orders", order=1)
+
+    assert [(fn, type(value)) for fn, value in results] == [
+        (fast, str),
+        (slow, str),
+        (broken, ValueError),
+    ]
+    send = telemetry.span("send order_placed")
+    assert send.kind is SpanKind.INTERNAL
+    assert dict(send.attributes or {}) == {
+        "asignals.signal": "order_placed",
+        "asignals.sender": "orders",
+        "asignals.receivers": 3,
+        "asignals.failures": 1,
+        "asignals.robust": True,
+        "asignals.background": False,
+    }
+    assert send.status.status_code is StatusCode.ERROR
+    [event] = send.events
+    assert event.name == "exception"
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "ValueError"
+    assert event.attributes["exception.message"] == "card declined"
+    # "slow": the fast receiver has no span; the slow one and the failed one do.
+    children = {s.name: s for s in telemetry.children(send)}
+    assert set(children) == {f"{__name__}.slow", f"{__name__}.broken"}
+    slow_span = children[f"{__name__}.slow"]
+    assert slow_span.status.status_code is StatusCode.UNSET
+    assert slow_span.attributes is not None
+    assert slow_span.attributes["asignals.receiver"] == f"{__name__}.slow"
+    assert slow_span.start_time is not None and slow_span.end_time is not None
+    assert send.start_time is not None and send.end_time is not None
+    # Recorded after the fact, with the receiver's own times, inside the send's.
+    assert send.start_time <= slow_span.start_time < slow_span.end_time <= send.end_time
+    assert slow_span.end_time - slow_span.start_time >= 25_000_000
+    assert children[f"{__name__}.broken"].status.status_code is StatusCode.ERROR
+    assert [e.name for e in children[f"{__name__}.broken"].events] == ["exception"]
+
+
+async def test_a_raising_send_has_an_error_span_and_raises_as_before(
+    telemetry: Telemetry,
+) -> None:
+    sig = signal_with("charge", [broken])
+    telemetry.instrument()
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await sig.send(None)
+
+    [error] = caught.value.exceptions
+    assert isinstance(error, ValueError)
+    send = telemetry.span("send charge")
+    assert send.status.status_code is StatusCode.ERROR
+    assert send.attributes is not None
+    assert send.attributes["asignals.robust"] is False
+    assert send.attributes["asignals.failures"] == 1
+    assert send.attributes["asignals.sender"] == "None"
+    assert [e.attributes["exception.type"] for e in send.events if e.attributes] == ["ValueError"]
+
+
+async def test_receivers_all_and_none(telemetry: Telemetry) -> None:
+    sig = signal_with("s", [fast, slow])
+    telemetry.instrument(receivers="all")
+    await sig.send(None)
+    send = telemetry.span("send s")
+    assert sorted(s.name for s in telemetry.children(send)) == [
+        f"{__name__}.fast",
+        f"{__name__}.slow",
+    ]
+
+    otel.uninstrument()
+    telemetry.exporter.clear()
+    telemetry.instrument(receivers="none")
+    await sig.send(None)
+    assert telemetry.names() == ["send s"]
+
+
+async def test_min_receiver_ms_is_the_slow_threshold(telemetry: Telemetry) -> None:
+    sig = signal_with("s", [slow])
+    telemetry.instrument(min_receiver_ms=10_000)
+    await sig.send(None)
+    assert telemetry.names() == ["send s"]
+
+
+async def test_sender_attribute_names_classes_not_objects(telemetry: Telemetry) -> None:
+    class Order:
+        pass
+
+    sig = signal_with("saved", [fast])
+    telemetry.instrument()
+    await sig.send(Order)
+    await sig.send(Order())
+    await sig.send(7)
+    senders = [(s.attributes or {})["asignals.sender"] for s in telemetry.spans()]
+    assert senders == ["Order", "Order", "7"]
+
+
+async def test_nested_sends_are_children_of_the_outer_send(telemetry: Telemetry) -> None:
+    inner = signal_with("inner", [fast])
+
+    async def relay(**kwargs: Any) -> None:
+        await inner.send(None)
+
+    outer = signal_with("outer", [relay])
+    telemetry.instrument()
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request") as request:
+        await outer.send(None)
+
+    outer_span = telemetry.span("send outer")
+    assert parent_id(outer_span) == request.get_span_context().span_id
+    assert parent_id(telemetry.span("send inner")) == span_id(outer_span)
+    assert {s.context.trace_id for s in telemetry.spans() if s.context} == {
+        request.get_span_context().trace_id
+    }
+
+
+async def test_dispatch_options_still_apply(telemetry: Telemetry) -> None:
+    started: list[str] = []
+
+    async def first(**kwargs: Any) -> None:
+        started.append("first")
+        await anyio.sleep(0.01)
+        started.append("first done")
+
+    async def second(**kwargs: Any) -> None:
+        started.append("second")
+
+    async def stuck(**kwargs: Any) -> None:
+        await anyio.sleep(10)
+
+    sig = signal_with("s", [first, second])
+    telemetry.instrument()
+    await sig.send(None, concurrent=False)
+    assert started == ["first", "first done", "second"]
+    with pytest.raises(BaseExceptionGroup):
+        await signal_with("t", [stuck]).send(None, timeout=0.05)
+    assert telemetry.span("send t").status.status_code is StatusCode.ERROR
+    with pytest.raises(TypeError, match="positional"):
+        await sig.send(None, 1)  # type: ignore[call-arg]
+    assert await sig.send(sender=None) == [(first, None), (second, None)]
+
+
+async def test_sends_reaching_no_receiver_and_unselected_signals_record_nothing(
+    telemetry: Telemetry,
+) -> None:
+    nobody = AsyncSignal(name="nobody")
+    traced = signal_with("traced", [fast])
+    untraced = signal_with("untraced", [fast])
+    telemetry.instrument(signals=[traced])
+    assert await nobody.send(None) == []
+    assert await untraced.send(None) == [(fast, "fast")]
+    assert await traced.send(None) == [(fast, "fast")]
+    assert telemetry.names() == ["send traced"]
+
+
+async def test_unsampled_sends_work_and_export_nothing(telemetry: Telemetry) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    otel.instrument(tracer_provider=provider, meter_provider=telemetry.meter_provider)
+    sig = signal_with("s", [fast, slow, broken])
+    results = await sig.send_robust(None)
+    assert [fn for fn, _ in results] == [fast, slow, broken]
+    assert exporter.get_finished_spans() == ()
+    assert telemetry.value("asignals.sends", signal="s", background=False) == 1
+
+
+# -- off means off ------------------------------------------------------------------------
+
+
+async def test_uninstrumented_sends_make_no_span_and_run_the_core_methods(
+    telemetry: Telemetry,
+) -> None:
+    originals = (AsyncSignal.send, AsyncSignal.send_robust, background.submit)
+    sig = signal_with("s", [fast])
+    await sig.send(None)
+    assert not otel.is_instrumented()
+
+    telemetry.instrument()
+    assert otel.is_instrumented()
+    assert AsyncSignal.send is not originals[0]
+    await sig.send(None)
+    assert telemetry.names() == ["send s"]
+
+    otel.uninstrument()
+    assert (AsyncSignal.send, AsyncSignal.send_robust, background.submit) == originals
+    await sig.send(None)
+    await sig.send_robust(None)
+    assert telemetry.names() == ["send s"]
+
+
+# -- background sends ---------------------------------------------------------------------
+
+
+async def test_background_send_is_a_child_of_the_scheduling_span_even_after_it_ended(
+    telemetry: Telemetry,
+) -> None:
+    released = anyio.Event()
+
+    async def email(**kwargs: Any) -> None:
+        await released.wait()
+        await anyio.sleep(0.02)  # the SMTP round trip
+
+    sig = signal_with("order_confirmed", [email])
+    telemetry.instrument()
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    async with asignals.dispatcher():
+        with tracer.start_as_current_span("POST /orders") as request:
+            sig.send_nowait("orders", order=1)
+        assert telemetry.value("asignals.background.pending") == 1
+        released.set()  # only once the request span has ended
+
+    request_span = telemetry.span("POST /orders")
+    send = telemetry.span("send order_confirmed")
+    assert parent_id(send) == request.get_span_context().span_id
+    assert send.context is not None
+    assert send.context.trace_id == request.get_span_context().trace_id
+    assert send.attributes is not None
+    assert send.attributes["asignals.background"] is True
+    assert send.attributes["asignals.robust"] is True
+    assert request_span.end_time is not None and send.end_time is not None
+    assert send.end_time > request_span.end_time
+    # The email receiver waited for the release: it is slow, so it has its span.
+    [email_span] = telemetry.children(send)
+    assert email_span.name.endswith("<locals>.email")
+    assert telemetry.value("asignals.background.pending") == 0
+    assert (
+        telemetry.value(
+            "asignals.background.finished", signal="order_confirmed", outcome="completed"
+        )
+        == 1
+    )
+    assert telemetry.value("asignals.sends", signal="order_confirmed", background=True) == 1
+
+
+async def test_background_outcomes_and_chained_sends(telemetry: Telemetry) -> None:
+    chained = signal_with("chained", [fast])
+
+    def chain(**kwargs: Any) -> None:
+        chained.send_nowait(None)
+
+    failing = signal_with("failing", [broken])
+    starting = signal_with("starting", [chain])
+    telemetry.instrument()
+    async with asignals.dispatcher():
+        failing.send_nowait(None)
+        starting.send_nowait(None)
+        await failing.send_later(None)
+
+    assert telemetry.value("asignals.background.finished", signal="failing", outcome="failed") == 2
+    assert (
+        telemetry.value("asignals.background.finished", signal="starting", outcome="completed") == 1
+    )
+    assert (
+        telemetry.value("asignals.background.finished", signal="chained", outcome="completed") == 1
+    )
+    assert telemetry.value("asignals.background.pending") == 0
+    # The chained send is a background send of its own, child of the send that scheduled it.
+    chained_span = telemetry.span("send chained")
+    assert chained_span.attributes is not None
+    assert chained_span.attributes["asignals.background"] is True
+    assert parent_id(chained_span) == span_id(telemetry.span("send starting"))
+    assert [s.status.status_code for s in telemetry.spans() if s.name == "send failing"] == [
+        StatusCode.ERROR,
+        StatusCode.ERROR,
+    ]
+
+
+async def test_background_send_cancelled_at_the_drain_deadline(telemetry: Telemetry) -> None:
+    async def stuck(**kwargs: Any) -> None:
+        await anyio.sleep(10)
+
+    sig = signal_with("stuck", [stuck])
+    telemetry.instrument()
+    async with asignals.dispatcher(drain_timeout=0.05):
+        sig.send_nowait(None)
+    assert telemetry.value("asignals.background.finished", signal="stuck", outcome="cancelled") == 1
+    assert telemetry.value("asignals.background.pending") == 0
+    assert telemetry.span("send stuck").end_time is not None
+
+
+async def test_send_nowait_from_a_worker_thread_is_one_background_send(
+    telemetry: Telemetry,
+) -> None:
+    sig = signal_with("from_thread", [fast])
+    telemetry.instrument()
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    async with asignals.dispatcher():
+        with tracer.start_as_current_span("handler") as handler:
+            await anyio.to_thread.run_sync(sig.send_nowait, None)
+    send = telemetry.span("send from_thread")
+    assert parent_id(send) == handler.get_span_context().span_id
+    assert telemetry.value("asignals.background.pending") == 0
+    assert (
+        telemetry.value("asignals.background.finished", signal="from_thread", outcome="completed")
+        == 1
+    )
+
+
+async def test_a_refused_background_send_is_not_pending(telemetry: Telemetry) -> None:
+    sig = signal_with("s", [fast])
+    telemetry.instrument()
+    with pytest.raises(RuntimeError, match="dispatcher"):
+        sig.send_nowait(None)
+    assert telemetry.value("asignals.background.pending") == 0
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+async def test_metrics_per_signal_and_receiver(telemetry: Telemetry) -> None:
+    sig = signal_with("paid", [fast, broken])
+    telemetry.instrument()
+    for _ in range(3):
+        await sig.send_robust("shop")
+    await signal_with("other", [fast]).send(None)
+
+    assert telemetry.value("asignals.sends", signal="paid", background=False) == 3
+    assert telemetry.value("asignals.sends", signal="other", background=False) == 1
+    assert (
+        telemetry.value("asignals.receiver.failures", signal="paid", receiver=f"{__name__}.broken")
+        == 3
+    )
+    assert (
+        telemetry.value("asignals.receiver.failures", signal="paid", receiver=f"{__name__}.fast")
+        == 0
+    )
+    for receiver in ("fast", "broken"):
+        assert (
+            telemetry.value(
+                "asignals.receiver.duration", signal="paid", receiver=f"{__name__}.{receiver}"
+            )
+            == 3
+        )
+    [point] = [
+        p
+        for p in telemetry.points("asignals.receiver.duration")
+        if p.attributes["asignals.receiver"] == f"{__name__}.fast"
+        and p.attributes["asignals.signal"] == "paid"
+    ]
+    assert 0 < point.sum < 1  # seconds
+
+
+# -- bad input and failing exporters --------------------------------------------------------
+
+
+def test_bad_input_is_refused_with_a_reason(telemetry: Telemetry) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    with pytest.raises(
+        TypeError, match=r"tracer_provider must be an opentelemetry\.trace\.TracerProvider"
+    ):
+        otel.instrument(tracer_provider=tracer)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="meter_provider must be"):
+        otel.instrument(meter_provider=telemetry.tracer_provider)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_receiver_ms must be 0 or more, got -1"):
+        telemetry.instrument(min_receiver_ms=-1)
+    with pytest.raises(ValueError, match="min_receiver_ms"):
+        telemetry.instrument(min_receiver_ms=float("nan"))
+    with pytest.raises(TypeError, match="min_receiver_ms must be a number"):
+        telemetry.instrument(min_receiver_ms="1")
+    with pytest.raises(ValueError, match="receivers must be 'all', 'slow' or 'none', got 'some'"):
+        telemetry.instrument(receivers="some")
+    with pytest.raises(TypeError, match="signals must be a list of AsyncSignal"):
+        telemetry.instrument(signals="order_placed")
+    with pytest.raises(TypeError, match="signals must contain AsyncSignal instances"):
+        telemetry.instrument(signals=[object()])
+    # None of the refused calls instrumented anything.
+    assert not otel.is_instrumented()
+    otel.uninstrument()  # not instrumented: a no-op
+    telemetry.instrument()
+    with pytest.raises(RuntimeError, match=r"already instrumented; call .*uninstrument\(\) first"):
+        telemetry.instrument()
+    otel.uninstrument()
+    otel.uninstrument()
+    assert not otel.is_instrumented()
+
+
+class _BrokenExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        raise ConnectionError("collector down")
+
+
+class _BrokenProcessor(SpanProcessor):
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        raise RuntimeError("processor broken on start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        raise RuntimeError("processor broken on end")
+
+
+async def test_a_failing_exporter_or_processor_never_fails_a_send(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_BrokenExporter()))
+    provider.add_span_processor(_BrokenProcessor())
+    otel.instrument(tracer_provider=provider, meter_provider=telemetry.meter_provider)
+    sig = signal_with("s", [fast, slow, broken])
+    with caplog.at_level(logging.WARNING, logger="asignals.opentelemetry"):
+        for _ in range(2):
+            results = await sig.send_robust(None)
+            assert [fn for fn, _ in results] == [fast, slow, broken]
+        assert await signal_with("t", [fast]).send(None) == [(fast, "fast")]
+    warnings = [r for r in caplog.records if r.name == "asignals.opentelemetry"]
+    assert len(warnings) == 1  # once, then at DEBUG
+    assert "the send went on without it" in warnings[0].getMessage()
+
+
+def test_instrument_and_uninstrument_from_threads_see_one_state(telemetry: Telemetry) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            telemetry.instrument()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert otel.is_instrumented()
+    assert len(errors) == 1
+    otel.uninstrument()
+    assert AsyncSignal.send.__qualname__ == "AsyncSignal.send"
+    assert not hasattr(AsyncSignal.send, "__wrapped__")
+    assert trace.get_current_span() is trace.INVALID_SPAN
