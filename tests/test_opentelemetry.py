@@ -10,12 +10,16 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
+from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -23,10 +27,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import asignals
 from asignals import AsyncSignal, background
 from asignals.contrib import opentelemetry as otel
+from asignals.contrib import sqlalchemy as sqlalchemy_signals
+from asignals.contrib.asgi import lifespan as asgi_lifespan
+from asignals.signals import post_save
 
 pytestmark = pytest.mark.anyio
 
@@ -562,3 +571,85 @@ def test_instrument_and_uninstrument_from_threads_see_one_state(telemetry: Telem
     assert AsyncSignal.send.__qualname__ == "AsyncSignal.send"
     assert not hasattr(AsyncSignal.send, "__wrapped__")
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+# -- a FastAPI app instrumented with opentelemetry-instrumentation-asgi --------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "otel_orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item: Mapped[str]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_background_sends(
+    telemetry: Telemetry, tmp_path: Path
+) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    order_placed = signal_with("order_placed", [fast])
+    order_confirmed = AsyncSignal(name="order_confirmed")
+    saved: list[int] = []
+    response_seen = anyio.Event()
+
+    def audit(instance: Order, created: bool, **kwargs: Any) -> None:
+        saved.append(instance.id)
+
+    async def email(order_id: int, **kwargs: Any) -> None:
+        await response_seen.wait()  # so this runs after the response, for sure
+        await anyio.sleep(0.01)
+
+    post_save.connect(audit, sender=Order, weak=False)
+    order_confirmed.connect(email, weak=False)
+    app = FastAPI(lifespan=asgi_lifespan)
+
+    @app.post("/orders")
+    async def place_order(item: str) -> dict[str, int]:
+        async with maker() as session:
+            order = Order(item=item)
+            session.add(order)
+            await session.flush()  # post_save, from inside the flush
+            await order_placed.send(Order, order_id=order.id)
+            order_confirmed.send_nowait(Order, order_id=order.id)
+            await session.commit()
+        return {"id": order.id}
+
+    sqlalchemy_signals.install(maker)
+    telemetry.instrument()
+    traced = OpenTelemetryMiddleware(
+        app, tracer_provider=telemetry.tracer_provider, exclude_spans=["receive", "send"]
+    )
+    try:
+        transport = httpx.ASGITransport(app=traced)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            response = await client.post("/orders", params={"item": "widget"})
+            assert response.status_code == 200
+            response_seen.set()
+    finally:
+        sqlalchemy_signals.uninstall(maker)
+        post_save.disconnect(audit, sender=Order)
+        await engine.dispose()
+
+    assert saved == [response.json()["id"]]
+    [request] = [s for s in telemetry.spans() if s.kind is SpanKind.SERVER]
+    assert request.name == "POST /orders"
+    for name in ("send post_save", "send order_placed", "send order_confirmed"):
+        span = telemetry.span(name)
+        assert parent_id(span) == span_id(request), name
+        assert span.context is not None and request.context is not None
+        assert span.context.trace_id == request.context.trace_id
+    assert (telemetry.span("send post_save").attributes or {})["asignals.sender"] == "Order"
+    background_send = telemetry.span("send order_confirmed")
+    assert (background_send.attributes or {})["asignals.background"] is True
+    assert background_send.end_time is not None and request.end_time is not None
+    assert background_send.end_time > request.end_time
