@@ -7,6 +7,8 @@ trace tree (parents, attributes, status, exception events) and the data points.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -653,3 +655,18 @@ async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_backgro
     assert (background_send.attributes or {})["asignals.background"] is True
     assert background_send.end_time is not None and request.end_time is not None
     assert background_send.end_time > request.end_time
+
+
+def test_the_tracing_example_prints_one_trace_per_request() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "tracing.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=True
+    )
+    out = done.stdout
+    assert "POST /orders widget x2 -> 201" in out
+    assert "POST /orders gadget x5 -> 409" in out
+    [ok, refused] = out.split("\ntrace ")[1:]
+    assert "send order_placed" in ok and "send order_confirmed" in ok
+    assert "fastapi_app.send_confirmation_email" in ok  # slow: it has its own span
+    assert "send order_placed" in refused and "ERROR" in refused
+    assert "send order_confirmed" not in refused  # no email for a refused order
