@@ -1,8 +1,8 @@
 """asignals: Django-style signals for async Python (asyncio, uvloop and trio)."""
 
 from ._receivers import WeakReceiverWarning
+from ._signal import ANY, AsyncSignal, receiver, signal
 from .background import BacklogFull, Dispatcher, DispatcherClosed, dispatcher
-from .signal import ANY, AsyncSignal, receiver
 
 __version__ = "0.1.0"
 
@@ -16,4 +16,5 @@ __all__ = [
     "__version__",
     "dispatcher",
     "receiver",
+    "signal",
 ]

@@ -1,7 +1,8 @@
 """How a signal holds one receiver: the reference to it, the sender it listens to, its key.
 
 Everything here runs at ``connect`` time or when a cache is rebuilt, never per send: the send
-loop only reads ``target``, ``weak``, ``mode`` and ``called`` off a :class:`_Entry`.
+loop only reads the rows :meth:`_Entry.row` builds. Nothing here knows the signal class: an
+entry reports a death through the ``on_death`` callback its signal passes in.
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ import types
 import warnings
 import weakref
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    from .signal import AsyncSignal
+from typing import Any, Final
 
 # Senders of these exact types match by value (``sender="orders"``), as in blinker; every other
 # sender matches by identity, as in Django. bool is left out so ``True`` never matches ``1``.
@@ -72,18 +70,49 @@ def receiver_mode(fn: Callable[..., Any], sync_to_thread: bool) -> int:
     return mode
 
 
-def check_receiver(fn: Any) -> None:
-    """Refuse, at connect time, receivers that could never be called by a send."""
+def check_receiver(fn: Any, owner: object, names: frozenset[str] | None) -> None:
+    """Refuse, at connect time, receivers that could never be called by a send of ``owner``.
+
+    Every send calls ``fn(signal=..., sender=..., **kwargs)``: ``fn`` must take ``**kwargs``
+    and ``sender`` by keyword, and have no required parameter a send never passes. ``names``
+    are the keyword arguments a typed signal sends (None: unknown, so only the first
+    parameter is held to ``sender``, as blinker's positional habit ``def on(obj, **kw)`` is
+    the common trap).
+    """
     if not callable(fn):
         raise TypeError(f"signal receivers must be callable; got {fn!r}")
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # some builtins have no signature: nothing to check
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+    params = list(sig.parameters.values())
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         raise TypeError(
             f"signal receiver {describe(fn)} must accept keyword arguments (**kwargs): "
             f"a send passes signal=, sender= and the send's own keyword arguments"
+        )
+    passed = {"signal", "sender"} | (names or set())
+    for index, p in enumerate(params):
+        if p.default is not inspect.Parameter.empty or p.kind in (
+            inspect.Parameter.VAR_KEYWORD,
+            inspect.Parameter.VAR_POSITIONAL,
+        ):
+            continue
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            problem = f"its parameter {p.name!r} is positional-only"
+        elif p.name in passed:
+            continue
+        elif names is not None:
+            problem = f"its required parameter {p.name!r} is not one the signal sends"
+        elif index == 0:
+            problem = f"its first parameter is {p.name!r}, not 'sender'"
+        else:
+            continue  # may be one of the send's keyword arguments (instance=, created=...)
+        raise TypeError(
+            f"signal receiver {describe(fn)} cannot be called by {owner!r}: receivers get "
+            f"signal= and sender= by keyword (receiver(signal=sig, sender=sender, **kwargs)), "
+            f"and {problem}; write it as def {getattr(fn, '__name__', 'receiver')}"
+            f"(sender, **kwargs)"
         )
 
 
@@ -136,20 +165,19 @@ class _PartialRef:
 
 
 def _on_receiver_death(
-    signal_ref: weakref.ref[AsyncSignal], entry_ref: weakref.ref[_Entry], _dead: object
+    on_death: Callable[[], str | None], entry_ref: weakref.ref[_Entry], _dead: object
 ) -> None:
-    signal = signal_ref()
+    owner = on_death()  # drops the signal's caches; None once the signal itself is gone
     entry = entry_ref()
-    if signal is None or entry is None:
+    if owner is None or entry is None:
         return
-    signal._forget_dead()
     # At interpreter exit every module's receivers are collected: nothing lost by mistake.
     if entry.called or entry.disconnected or not entry.warn or sys.is_finalizing():
         return
     if entry.sender_ref is not None and entry.sender_ref() is None:
         return  # its sender went first: nothing could have reached it anyway
     warnings.warn(
-        f"receiver {entry.name} was weakly connected to {signal!r} and garbage collected "
+        f"receiver {entry.name} was weakly connected to {owner} and garbage collected "
         f"before any send reached it; nothing else referenced it. Pass weak=False to "
         f"connect() (or to @receiver) to keep it alive",
         WeakReceiverWarning,
@@ -157,10 +185,8 @@ def _on_receiver_death(
     )
 
 
-def _on_sender_death(signal_ref: weakref.ref[AsyncSignal], _dead: object) -> None:
-    signal = signal_ref()
-    if signal is not None:
-        signal._forget_dead()
+def _on_sender_death(on_death: Callable[[], str | None], _dead: object) -> None:
+    on_death()
 
 
 class _Entry:
@@ -174,7 +200,6 @@ class _Entry:
         "key",
         "mode",
         "name",
-        "sender_id",
         "sender_ref",
         "sender_value",
         "target",
@@ -184,7 +209,7 @@ class _Entry:
 
     def __init__(
         self,
-        signal: AsyncSignal,
+        on_death: Callable[[], str | None],
         fn: Callable[..., Any],
         sender: Any,
         weak: bool,
@@ -196,7 +221,6 @@ class _Entry:
         self.name = describe(fn)
         self.called = False
         self.disconnected = False
-        signal_ref = weakref.ref(signal)
         self.target: Any = fn
         self.weak = False
         # A bound method (or a partial of one) lives as long as its instance, which may go
@@ -204,7 +228,7 @@ class _Entry:
         # callable instance that dies unused was most likely only ever held by the signal.
         self.warn = False
         if weak:
-            callback = functools.partial(_on_receiver_death, signal_ref, weakref.ref(self))
+            callback = functools.partial(_on_receiver_death, on_death, weakref.ref(self))
             try:
                 if isinstance(fn, types.MethodType):
                     self.target = weakref.WeakMethod(fn, callback)
@@ -225,16 +249,14 @@ class _Entry:
         # The sender: None for any; by value for str/bytes/int; otherwise by identity,
         # through a weak reference where the sender allows one.
         self.sender_value: Any = None
-        self.sender_id: int | None = None
         self.sender_ref: Callable[[], Any] | None = None
         if sender is None:
             return
         if type(sender) in VALUE_SENDER_TYPES:
             self.sender_value = sender
             return
-        self.sender_id = id(sender)
         try:
-            self.sender_ref = weakref.ref(sender, functools.partial(_on_sender_death, signal_ref))
+            self.sender_ref = weakref.ref(sender, functools.partial(_on_sender_death, on_death))
         except TypeError:
             self.sender_ref = _Strong(sender)
 
@@ -258,9 +280,6 @@ class _Entry:
         if self.sender_value is not None:
             return type(sender) is type(self.sender_value) and sender == self.sender_value
         return True
-
-    def is_for_any_sender(self) -> bool:
-        return self.sender_id is None and self.sender_value is None
 
     def same_receiver(self, fn: Any) -> bool:
         current = self.resolve()

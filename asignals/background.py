@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 import sys
 import weakref
 from contextvars import ContextVar, Token, copy_context
@@ -50,7 +51,7 @@ import anyio.from_thread
 from ._receivers import describe
 
 if TYPE_CHECKING:
-    from .signal import AsyncSignal
+    from ._signal import AsyncSignal
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -74,12 +75,14 @@ _NO_DISPATCHER: Final = (
     "`lifespan=asignals.contrib.asgi.lifespan`"
 )
 _NO_LOOP: Final = (
-    "send_nowait() found no event loop: it must be called on the event loop's thread, or in a "
-    "worker thread started by anyio.to_thread.run_sync (as FastAPI and Starlette run `def` "
-    "endpoints). From a thread of your own, take `token = anyio.lowlevel.current_token()` on "
-    "the loop and call `anyio.from_thread.run_sync(functools.partial(sig.send_nowait, sender, "
-    "key=value), token=token)` (AnyIO >= 4.11), or run the thread with "
-    "`await anyio.to_thread.run_sync(...)`"
+    "send_nowait() found no event loop: background sends run on a dispatcher inside a running "
+    "event loop. Open one with `async with asignals.dispatcher():` around your program (or give "
+    "your FastAPI/Starlette app `lifespan=asignals.contrib.asgi.lifespan`), and call "
+    "send_nowait() on the event loop's thread, or in a worker thread started by "
+    "anyio.to_thread.run_sync (as FastAPI and Starlette run `def` endpoints). From a thread of "
+    "your own, take `token = anyio.lowlevel.current_token()` on the loop and call "
+    "`anyio.from_thread.run_sync(functools.partial(sig.send_nowait, sender, key=value), "
+    "token=token)` (AnyIO >= 4.11), or run the thread with `await anyio.to_thread.run_sync(...)`"
 )
 
 _NEW: Final = 0
@@ -363,7 +366,7 @@ class Dispatcher:
         try:
             await signal.send_robust(sender, **kwargs)
         except self._cancelled:
-            self._log_cancelled(signal, sender)
+            self._log_cancelled(signal, sender, kwargs)
             raise
         except Exception:
             logger.exception(
@@ -380,7 +383,7 @@ class Dispatcher:
                 assert self._idle is not None
                 self._idle.set()
 
-    def _log_cancelled(self, signal: AsyncSignal, sender: Any) -> None:
+    def _log_cancelled(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
         try:
             names = ", ".join(describe(r) for r in signal.receivers_for(sender)) or "none"
         except Exception:
@@ -391,12 +394,28 @@ class Dispatcher:
             else "before it finished (the dispatcher was cancelled)"
         )
         logger.error(
-            "asignals: background send of %r (sender=%r) cancelled %s; receivers: %s",
+            "asignals: background send of %r (sender=%r, kwargs=%s) cancelled %s; receivers: %s",
             signal,
             sender,
+            _bounded_repr(kwargs),
             why,
             names,
         )
+
+
+def _bounded_repr(kwargs: dict[str, Any]) -> str:
+    """The keyword arguments of a lost send, short enough for one log line whatever they hold."""
+    try:
+        return _REPR.repr(kwargs)
+    except Exception:  # a value whose __repr__ raises must not hide the rest of the line
+        return f"<{len(kwargs)} keyword argument(s), unprintable>"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxdict = 10
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlevel = 3
 
 
 def dispatcher(

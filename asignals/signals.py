@@ -23,7 +23,7 @@ The adapters in :mod:`asignals.contrib` send them.
 
 from __future__ import annotations
 
-from .signal import AsyncSignal
+from ._signal import AsyncSignal
 
 pre_init = AsyncSignal(name="pre_init")
 post_init = AsyncSignal(name="post_init")

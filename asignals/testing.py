@@ -35,13 +35,12 @@ import anyio
 import pytest
 
 from ._receivers import describe
-from .signal import AsyncSignal
+from ._reserved import RESERVED
+from ._signal import AsyncSignal
 
 __all__ = ["SentSignal", "SignalRecorder", "signal_recorder"]
 
 _ANY: Final[Any] = object()  # "any sender" in the assertion helpers
-# Keywords of a send call that are not passed on to the receivers.
-_NOT_RECEIVER_KWARGS: Final = frozenset({"sender", "concurrent", "timeout", "max_concurrency"})
 
 # Set while a recorded send runs, so a send nested in it (none today) is not recorded twice.
 _recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -108,7 +107,7 @@ class SignalRecorder:
             if not self._active or _recording.get():
                 return await inner(*args, **kwargs)
             sender = args[0] if args else kwargs.get("sender")
-            named = {k: v for k, v in kwargs.items() if k not in _NOT_RECEIVER_KWARGS}
+            named = {k: v for k, v in kwargs.items() if k not in RESERVED}
             token = _recording.set(True)
             try:
                 results = await inner(*args, **kwargs)
@@ -184,10 +183,15 @@ class SignalRecorder:
         matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
         if matching and (times is None or len(matching) == times):
             return matching[-1]
-        expected = _expectation(signal, sender, kwargs)
         wanted = "at least once" if times is None else f"exactly {times} time(s)"
-        raise AssertionError(
-            f"expected {expected} {wanted}; {len(matching)} matching send(s)\n"
+        raise self._failure(signal, sender, kwargs, wanted, len(matching))
+
+    def _failure(
+        self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any], wanted: str, count: int
+    ) -> AssertionError:
+        expected = _expectation(signal, sender, kwargs)
+        return AssertionError(
+            f"expected {expected} {wanted}; {count} matching send(s)\n"
             + self._report(signal, sender, kwargs)
         )
 
@@ -220,8 +224,8 @@ class SignalRecorder:
             if len(matching) >= times:
                 return matching[times - 1]
             if time.monotonic() >= deadline:
-                self.assert_sent(signal, sender=sender, times=times, **kwargs)
-                raise AssertionError("unreachable")  # pragma: no cover
+                wanted = f"at least {times} time(s) within {timeout}s"
+                raise self._failure(signal, sender, kwargs, wanted, len(matching))
             await anyio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
     def _report(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> str:

@@ -96,13 +96,18 @@ async def test_drain_deadline_cancels_and_logs_each_send(caplog: pytest.LogCaptu
     sig = make_signal(slow, name="slow_signal")
     with anyio.fail_after(5):
         async with dispatcher(drain_timeout=0.05):
-            sig.send_nowait("the-sender")
-            sig.send_nowait("the-sender")
+            sig.send_nowait("the-sender", order_id=7)
+            sig.send_nowait("the-sender", order_id=8, blob="x" * 100_000)
     assert slow.cancelled == 2 and slow.seen == []
     cancelled = [r for r in caplog.records if "cancelled at the drain deadline" in r.getMessage()]
     assert len(cancelled) == 2
     message = cancelled[0].getMessage()
     assert "slow_signal" in message and "the-sender" in message and "Recorder" in message
+    # Which work was lost: the arguments, in a repr bounded whatever they hold.
+    messages = sorted(r.getMessage() for r in cancelled)
+    assert any("kwargs={'order_id': 7}" in m for m in messages)
+    (long,) = [m for m in messages if "'order_id': 8" in m]
+    assert "blob" in long and len(long) < 500
 
 
 async def test_backlog_full_raises_and_send_later_waits_for_room() -> None:

@@ -45,6 +45,23 @@ async def test_records_signal_sender_kwargs_and_results() -> None:
 
 
 @pytest.mark.anyio
+async def test_wait_for_times_out_with_the_at_least_rule_in_its_message() -> None:
+    sig = AsyncSignal(name="order_placed")
+    with SignalRecorder(sig) as rec:
+        await sig.send(Order, order_id=1)
+        await sig.send(Order, order_id=1)
+        # The rule is "at least": two matching sends satisfy times=1 and times=2.
+        assert (await rec.wait_for(sig, order_id=1, times=2, timeout=0.5)).kwargs == {
+            "order_id": 1
+        }
+        with pytest.raises(AssertionError) as info:
+            await rec.wait_for(sig, order_id=1, times=3, timeout=0.05)
+    message = str(info.value)
+    assert "at least 3 time(s)" in message and "exactly" not in message
+    assert "2 matching send(s)" in message
+
+
+@pytest.mark.anyio
 async def test_records_errors_background_sends_and_muted_signals() -> None:
     sig = AsyncSignal(name="order_placed")
     sig.connect(refuse, weak=False)

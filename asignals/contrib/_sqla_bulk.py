@@ -28,7 +28,7 @@ from sqlalchemy.engine import Result
 from sqlalchemy.orm import Mapper, ORMExecuteState
 
 from .. import signals
-from ..signal import AsyncSignal
+from .._signal import AsyncSignal
 
 __all__: list[str] = []
 

@@ -43,7 +43,7 @@ from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
 from .. import signals
-from ..signal import AsyncSignal
+from .._signal import AsyncSignal
 from . import _sqla_bulk, _sqla_m2m
 
 try:  # SQLAlchemy 2.1 renamed await_only() to await_(); 2.0 has only the old name.

@@ -35,16 +35,13 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 
 from ._receivers import ASYNC, INLINE, THREAD, Row, _Entry
-
-if TYPE_CHECKING:
-    from .signal import AsyncSignal
 
 logger = logging.getLogger("asignals")
 
@@ -91,7 +88,31 @@ class _Shared:
                 var.set(value)
 
 
-def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseException) -> None:
+class ReceiverTimeout(TimeoutError):
+    """A receiver ran past the send's ``timeout`` and was cancelled.
+
+    A ``TimeoutError``, so ``except* TimeoutError`` catches it; its message names the receiver
+    and the limit, and ``send_robust`` logs it as one line instead of a traceback of the
+    library's internals.
+    """
+
+    def __init__(self, receiver: str, limit: float) -> None:
+        super().__init__(f"receiver {receiver} did not finish within timeout={limit}s")
+        self.receiver = receiver
+        self.limit = limit
+
+
+def log_failure(signal: object, entry: _Entry, sender: Any, exc: BaseException) -> None:
+    """``send_robust``'s report of one receiver's exception, on the ``asignals`` logger."""
+    if isinstance(exc, ReceiverTimeout):
+        logger.error(
+            "%s in %r.send_robust() (sender=%r) timed out after %ss and was cancelled",
+            entry.name,
+            signal,
+            sender,
+            exc.limit,
+        )
+        return
     logger.error(
         "Error calling %s in %r.send_robust() (sender=%r): %r",
         entry.name,
@@ -102,8 +123,42 @@ def log_failure(signal: AsyncSignal, entry: _Entry, sender: Any, exc: BaseExcept
     )
 
 
-def _group(signal: AsyncSignal, failures: list[BaseException]) -> BaseExceptionGroup:
+def group(signal: object, failures: list[BaseException]) -> BaseExceptionGroup:
+    """The one exception ``send`` raises when receivers failed, whatever the loop and option."""
     return BaseExceptionGroup(f"{len(failures)} receiver(s) of {signal!r} raised", failures)
+
+
+def failed(signal: object, entry: _Entry, sender: Any, exc: Exception, robust: bool) -> Any:
+    """A receiver raised ``exc`` where nothing else is running: the cold path of a send.
+
+    ``send`` raises the group; ``send_robust`` logs the failure and returns it as the result.
+    """
+    if not robust:
+        raise group(signal, [exc]) from None
+    log_failure(signal, entry, sender, exc)
+    return exc
+
+
+def _shielded(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is inside a shielded AnyIO cancel scope right now.
+
+    ``Task.cancel()`` would break through such a shield (AnyIO delivers its own cancellations
+    only outside shields), and the receiver's own exception, raised once it leaves the shield,
+    would be lost. AnyIO offers no public way to ask, so this reads its task state and assumes
+    "not shielded" if that ever changes. Only called after a receiver failed.
+    """
+    backend = sys.modules.get("anyio._backends._asyncio")
+    states = getattr(backend, "_task_states", None)
+    try:
+        state = states.get(task) if states is not None else None
+        scope = getattr(state, "cancel_scope", None)
+        while scope is not None:
+            if getattr(scope, "_shield", False):
+                return True
+            scope = getattr(scope, "_parent_scope", None)
+    except Exception:
+        return False
+    return False
 
 
 def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, Any, Any]:
@@ -122,6 +177,7 @@ class _Batch:
     """
 
     __slots__ = (
+        "doomed",
         "failures",
         "held",
         "loop",
@@ -142,7 +198,7 @@ class _Batch:
 
     def __init__(
         self,
-        signal: AsyncSignal,
+        signal: object,
         rows: tuple[Row, ...],
         start: int,
         named: dict[str, Any],
@@ -175,6 +231,7 @@ class _Batch:
         self.waiter: asyncio.Future[None] | None = None
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
+        self.doomed: set[asyncio.Task[Any]] = set()  # the tasks cancel_all() cancelled
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
@@ -203,11 +260,39 @@ class _Batch:
             self.cancel_all()
 
     def cancel_all(self) -> None:
+        """Cancel every receiver still running, as AnyIO would: never through a shield.
+
+        A receiver inside a shielded AnyIO scope is cancelled once it leaves it (retried on
+        each loop iteration, as AnyIO does), so an exception it raises meanwhile is kept.
+        """
+        retry = False
+        doomed = self.doomed
         for task in self.tasks:
+            if task in doomed:
+                continue
+            if _shielded(task):
+                retry = True
+                continue
+            doomed.add(task)
             task.cancel()
         if self.parent_busy and self.parent is not None and not self.ours:
-            self.ours = True
-            self.parent.cancel()
+            if _shielded(self.parent):
+                retry = True
+            else:
+                self.ours = True
+                self.parent.cancel()
+        if retry and self.loop is not None:
+            self.loop.call_soon(self.cancel_all)
+
+    def fail_trio(self, error: Exception) -> None:
+        """trio: keep ``error`` for the group and cancel the others through the task group.
+
+        The group's scope respects shields, and its ``ExceptionGroup`` never sees a receiver's
+        exception, so ``send`` raises the same group on every loop.
+        """
+        self.failures.append(error)
+        assert self.task_group is not None
+        self.task_group.cancel_scope.cancel()
 
     async def wait(self) -> None:
         """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
@@ -232,7 +317,8 @@ async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> N
             value = await value
     except Exception as exc:
         if not batch.robust:
-            raise
+            batch.fail_trio(exc)
+            return
         log_failure(batch.signal, entry, batch.named["sender"], exc)
         value = exc
     batch.results[slot] = (fn, value)
@@ -371,7 +457,7 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
 
 
 async def run(
-    signal: AsyncSignal,
+    signal: object,
     rows: tuple[Row, ...],
     start: int,
     results: Results,
@@ -400,7 +486,7 @@ async def run(
     except StopIteration:
         return results  # nothing suspended: no task was needed
     except Exception as exc:
-        raise _group(signal, [exc]) from None
+        raise group(signal, [exc]) from None
     batch.prepare(loop, asyncio.current_task(), None)
     batch.parent_busy = True
     caught: asyncio.CancelledError | None = None
@@ -440,7 +526,7 @@ async def run(
     finally:
         batch.shared.restore()
     if batch.failures:
-        raise _group(signal, batch.failures)
+        raise group(signal, batch.failures)
     return results
 
 
@@ -459,21 +545,31 @@ async def _run_trio(batch: _Batch) -> Results:
                 value = driver.send(None)
             except StopIteration:
                 return batch.results
+            except Exception as exc:
+                raise group(batch.signal, [exc]) from None
             batch.prepare(None, None, task_group)
             prepared = True
             _split(batch)
-            await _resume(driver, value, None)
+            try:
+                await _resume(driver, value, None)
+            except Exception as exc:
+                batch.fail_trio(exc)
     finally:
         if prepared:
             batch.shared.restore()  # after the group: its tasks have all finished
+    if batch.failures:
+        raise group(batch.signal, batch.failures)
     return batch.results
 
 
-async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+async def _bounded(awaitable: Awaitable[Any], timeout: float | None, entry: _Entry) -> Any:
     if timeout is None:
         return await awaitable
-    with anyio.fail_after(timeout):
+    with anyio.move_on_after(timeout) as scope:
         return await awaitable
+    if scope.cancelled_caught:
+        raise ReceiverTimeout(entry.name, timeout)
+    return None  # the receiver swallowed its cancellation and returned nothing
 
 
 def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> Any:
@@ -483,7 +579,7 @@ def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> A
 
 
 async def _run_sequential(
-    signal: AsyncSignal,
+    signal: object,
     rows: tuple[Row, ...],
     start: int,
     results: Results,
@@ -498,18 +594,15 @@ async def _run_sequential(
         try:
             value = _call(fn, mode, named, timeout)
             if value is not None and hasattr(type(value), "__await__"):
-                value = await _bounded(value, timeout)
+                value = await _bounded(value, timeout, entry)
         except Exception as exc:
-            if not robust:
-                raise _group(signal, [exc]) from None
-            log_failure(signal, entry, named["sender"], exc)
-            value = exc
+            value = failed(signal, entry, named["sender"], exc, robust)
         results.append((fn, value))
     return results
 
 
 async def _run_bounded(
-    signal: AsyncSignal,
+    signal: object,
     rows: tuple[Row, ...],
     start: int,
     results: Results,
@@ -519,23 +612,32 @@ async def _run_bounded(
     max_concurrency: int | None,
 ) -> Results:
     limiter = anyio.Semaphore(max_concurrency) if max_concurrency is not None else None
+    failures: list[BaseException] = []
+    sender = named["sender"]
 
-    async def guarded(slot: int, entry: _Entry, awaitable: Awaitable[Any]) -> None:
+    def fail(entry: _Entry, exc: Exception, tg: anyio.abc.TaskGroup) -> Any:
+        if robust:
+            log_failure(signal, entry, sender, exc)
+            return exc
+        failures.append(exc)  # the group's scope cancels the others, never through a shield
+        tg.cancel_scope.cancel()
+        return None
+
+    async def guarded(
+        slot: int, entry: _Entry, awaitable: Awaitable[Any], tg: anyio.abc.TaskGroup
+    ) -> None:
         started = False
         try:
             if limiter is not None:
                 await limiter.acquire()
             try:
                 started = True
-                value = await _bounded(awaitable, timeout)
+                value = await _bounded(awaitable, timeout, entry)
             finally:
                 if limiter is not None:
                     limiter.release()
         except Exception as exc:
-            if not robust:
-                raise
-            log_failure(signal, entry, named["sender"], exc)
-            value = exc
+            value = fail(entry, exc, tg)
         finally:
             if not started and isinstance(awaitable, Coroutine):
                 awaitable.close()  # cancelled while waiting for the limiter
@@ -551,15 +653,18 @@ async def _run_bounded(
                 try:
                     value = _call(fn, mode, named, timeout)
                 except Exception as exc:
-                    if not robust:
-                        raise
-                    log_failure(signal, entry, named["sender"], exc)
-                    value = exc
+                    value = fail(entry, exc, tg)
+                    if failures:
+                        break
                 if value is not None and hasattr(type(value), "__await__"):
                     results.append((fn, None))
-                    tg.start_soon(_run_in, guarded(len(results) - 1, entry, value), shared.context)
+                    tg.start_soon(
+                        _run_in, guarded(len(results) - 1, entry, value, tg), shared.context
+                    )
                 else:
                     results.append((fn, value))
     finally:
         shared.restore()
+    if failures:
+        raise group(signal, failures)
     return results

@@ -1,0 +1,834 @@
+"""``AsyncSignal``: Django's ``Signal`` for async code, optionally typed from a spec function.
+
+The design follows Django's dispatcher: connections live in an immutable tuple that is replaced
+under a lock on every mutation, and each sender's matching receivers are cached. A send reads
+the tuple and the cache without locking, so connecting from another thread, or from inside a
+receiver, only affects the sends that start afterwards.
+
+``AsyncSignal[P, R]`` is generic over the parameters ``P`` of its spec (``sender`` first, then
+keyword arguments) and the receivers' result type ``R``, as in mitmproxy's signals: the type
+checkers see every sender and receiver against the spec. An untyped ``AsyncSignal()`` is
+``AsyncSignal[..., Any]`` and accepts anything, as before.
+
+The send path: :meth:`AsyncSignal.send` and :meth:`AsyncSignal.send_robust` return the
+coroutine of one loop, :meth:`AsyncSignal._send`, which runs sync receivers inline (and the last
+receiver, if async, at the cost of a plain ``await``) and hands the rest of the rows to
+:func:`asignals._dispatch.run` at the first receiver that needs awaiting. A receiver's failure
+is handled by :func:`asignals._dispatch.failed`, off the hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, Generic, overload
+
+import anyio
+from typing_extensions import ParamSpec, TypeVar
+
+from . import _dispatch, background
+from ._receivers import (
+    ASYNC,
+    VALUE_SENDER_TYPES,
+    Row,
+    _Entry,
+    check_receiver,
+    receiver_key,
+    receiver_mode,
+    sender_key,
+)
+from ._reserved import RESERVED
+
+logger = logging.getLogger("asignals")
+
+# The defaults make a bare ``AsyncSignal`` annotation mean the untyped ``AsyncSignal[..., Any]``.
+P = ParamSpec("P", default=...)
+R = TypeVar("R", default=Any)
+_P = ParamSpec("_P")  # for functions: a spec or a receiver's signal
+_R = TypeVar("_R")
+
+#: What ``send`` returns: ``[(receiver, result), ...]`` in connection order.
+Results = list[tuple[Callable[..., Any], Any]]
+
+
+class _AnySender:
+    """``asignals.ANY``: connect for every sender (the same as ``sender=None``)."""
+
+    _instance: _AnySender | None = None
+
+    def __new__(cls) -> _AnySender:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "asignals.ANY"
+
+    def __reduce__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _AnySender()
+
+_MISSING: Any = object()  # no sender given
+_DEFAULT: Any = object()  # dispatch option not given on this call: use the signal's
+_OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
+
+
+class _IdCache(dict[int, tuple[Row, ...]]):
+    """Per-sender receiver cache keyed by ``id(sender)``.
+
+    Each cached sender is watched through a weak reference that evicts its row when it dies,
+    so a later object that reuses the id never sees another sender's receivers.
+    """
+
+    __slots__ = ("__weakref__", "watchers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watchers: dict[int, weakref.ref[Any]] = {}
+
+
+def _evict(cache_ref: weakref.ref[_IdCache], key: int, _dead: object) -> None:
+    cache = cache_ref()
+    if cache is not None:
+        cache.pop(key, None)
+        cache.watchers.pop(key, None)
+
+
+def _forget(signal_ref: weakref.ref[AsyncSignal[..., Any]]) -> str | None:
+    """What a dying receiver or sender calls: drop the signal's caches, return its repr."""
+    signal = signal_ref()
+    if signal is None:
+        return None
+    signal._forget_dead()
+    return repr(signal)
+
+
+def _check_options(concurrent: Any, timeout: Any, max_concurrency: Any) -> None:
+    if concurrent is not _DEFAULT and not isinstance(concurrent, bool):
+        raise TypeError(f"concurrent must be True or False, got {concurrent!r}")
+    if timeout is not _DEFAULT and timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if max_concurrency is not _DEFAULT and max_concurrency is not None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+
+
+def _parse_call(
+    signal: AsyncSignal[..., Any],
+    method: str,
+    args: tuple[Any, ...],
+    named: dict[str, Any],
+    options_allowed: bool = True,
+) -> tuple[Any, tuple[bool, float | None, int | None] | None]:
+    """The slow path of a send's arguments: sender by keyword, dispatch options, mistakes.
+
+    Returns the sender and the dispatch options (None when the call gave none), removing both
+    from ``named``.
+    """
+    if len(args) > 1:
+        raise TypeError(
+            f"{signal!r}.{method}() takes the sender as its only positional argument; pass "
+            f"the other {len(args) - 1} value(s) as keyword arguments: "
+            f"{method}(sender, name=value, ...)"
+        )
+    if "signal" in named:
+        raise TypeError(
+            f"{signal!r}.{method}() got a keyword argument 'signal': every receiver already "
+            f"receives the signal as signal=; rename that argument"
+        )
+    sender = args[0] if args else _MISSING
+    if "sender" in named:
+        if sender is not _MISSING:
+            raise TypeError(f"{signal!r}.{method}() got the sender twice, by position and keyword")
+        sender = named.pop("sender")
+    if sender is _MISSING:
+        raise TypeError(
+            f"{signal!r}.{method}() needs a sender: {method}(sender, **kwargs); "
+            f"pass None to reach only the receivers connected for any sender"
+        )
+    if _OPTIONS.isdisjoint(named):
+        return sender, None
+    if not options_allowed:
+        given = ", ".join(sorted(_OPTIONS.intersection(named)))
+        raise TypeError(
+            f"{signal!r}.{method}() takes no dispatch options (got {given}); set them on the "
+            f"signal: AsyncSignal(..., concurrent=, timeout=, max_concurrency=)"
+        )
+    concurrent = named.pop("concurrent", _DEFAULT)
+    timeout = named.pop("timeout", _DEFAULT)
+    max_concurrency = named.pop("max_concurrency", _DEFAULT)
+    _check_options(concurrent, timeout, max_concurrency)
+    return sender, (
+        signal.concurrent if concurrent is _DEFAULT else concurrent,
+        signal.timeout if timeout is _DEFAULT else timeout,
+        signal.max_concurrency if max_concurrency is _DEFAULT else max_concurrency,
+    )
+
+
+class _Spec:
+    """The keyword names a typed signal's spec allows and requires, read once from it."""
+
+    __slots__ = ("allowed", "open", "required")
+
+    def __init__(self, spec: Callable[..., Any]) -> None:
+        if not callable(spec):
+            raise TypeError(f"a signal spec must be a function, got {spec!r}")
+        try:
+            params = list(inspect.signature(spec).parameters.values())
+        except (TypeError, ValueError):
+            raise TypeError(f"a signal spec must have a signature, got {spec!r}") from None
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise TypeError(
+                f"the spec {spec.__qualname__}() must take the sender first: "
+                f"def {spec.__name__}(sender: ..., *, name: type, ...) -> None"
+            )
+        allowed: list[str] = []
+        required: list[str] = []
+        self.open = False
+        for param in params[1:]:
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                self.open = True
+                continue
+            if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name in RESERVED:
+                raise TypeError(
+                    f"the spec {spec.__qualname__}() can only have keyword-only parameters after "
+                    f"the sender (put them after `*`), none named {sorted(RESERVED)}; "
+                    f"got {param}"
+                )
+            allowed.append(param.name)
+            if param.default is inspect.Parameter.empty:
+                required.append(param.name)
+        self.allowed = frozenset(allowed)
+        self.required = frozenset(required)
+
+    def check(self, signal: AsyncSignal[..., Any], named: dict[str, Any]) -> None:
+        """Raise ``TypeError`` naming the missing or unknown keyword arguments, if any."""
+        keys = named.keys()
+        missing = sorted(self.required - keys)
+        unknown = [] if self.open else sorted(keys - self.allowed)
+        if not missing and not unknown:
+            return
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(repr(k) for k in missing))
+        if unknown:
+            parts.append("unexpected " + ", ".join(repr(k) for k in unknown))
+        raise TypeError(
+            f"{signal!r} send: {'; '.join(parts)} keyword argument(s); its spec takes "
+            f"{', '.join(sorted(self.allowed)) or 'none'}"
+        )
+
+
+class _Waiter:
+    """One ``wait_for`` call: which sends it wants, and the first one that matched."""
+
+    __slots__ = ("error", "event", "kwargs", "sender", "where")
+
+    def __init__(self, sender: Any, where: Callable[..., object] | None) -> None:
+        self.sender = sender
+        self.where = where
+        self.event = anyio.Event()
+        self.kwargs: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def offer(self, sender: Any, named: dict[str, Any]) -> None:
+        if self.event.is_set():
+            return
+        wanted = self.sender
+        if wanted is not None:
+            if type(wanted) in VALUE_SENDER_TYPES:
+                if type(sender) is not type(wanted) or sender != wanted:
+                    return
+            elif sender is not wanted:
+                return
+        try:
+            if self.where is not None and not self.where(**named):
+                return
+        except Exception as exc:  # the waiter's bug: raised from wait_for, not into the send
+            self.error = exc
+        self.kwargs = dict(named)
+        self.event.set()
+
+
+class AsyncSignal(Generic[P, R]):
+    """A signal that sync and async receivers connect to, Django style.
+
+    ``await sig.send(sender, **kwargs)`` calls every receiver connected for that sender as
+    ``receiver(signal=sig, sender=sender, **kwargs)`` and returns ``[(receiver, result), ...]``
+    in connection order. Sync receivers run inline on the event loop; async ones run
+    concurrently.
+
+    ``AsyncSignal(spec=fn)`` (or the :func:`signal` decorator) makes a typed signal: mypy and
+    pyright check every send and receiver against ``fn``'s parameters, and each send's keyword
+    names are checked at run time. ``AsyncSignal()`` without a spec accepts anything.
+
+    ``concurrent``, ``timeout`` and ``max_concurrency`` are the signal's dispatch options;
+    ``send``/``send_robust`` take the same keywords per call.
+    """
+
+    @overload
+    def __init__(
+        self: AsyncSignal[..., Any],
+        name: str | None = None,
+        *,
+        use_caching: bool = False,
+        concurrent: bool = True,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        spec: Callable[P, R],
+        use_caching: bool = False,
+        concurrent: bool = True,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        spec: Callable[P, R] | None = None,
+        use_caching: bool = False,
+        concurrent: bool = True,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"AsyncSignal name must be a str, got {name!r}")
+        _check_options(concurrent, timeout, max_concurrency)
+        self._spec = None if spec is None else _Spec(spec)
+        #: The spec function of a typed signal, or None: ``typing.get_type_hints(sig.spec)``
+        #: gives the type of each keyword argument.
+        self.spec: Callable[P, R] | None = spec
+        # The keyword names a typed send passes: compared in one step on the hot path.
+        self._names = None if self._spec is None else self._spec.allowed
+        if spec is not None:
+            if name is None:
+                name = getattr(spec, "__name__", None)
+            self.__doc__ = spec.__doc__
+        self.name = name
+        # Accepted for Django compatibility. The per-sender cache is always on: it is keyed by
+        # identity and evicted when a sender dies, so unlike Django's it needs no opt-in.
+        self.use_caching = use_caching
+        self.concurrent = concurrent
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self._options = not concurrent or timeout is not None or max_concurrency is not None
+        self._lock = threading.Lock()
+        self._entries: tuple[_Entry, ...] = ()
+        # (type, value) of the str/bytes/int senders some receiver is connected for.
+        self._values: frozenset[tuple[type, Any]] = frozenset()
+        self._value_cache: dict[Any, tuple[Row, ...]] = {}
+        self._id_cache = _IdCache()
+        self._muted = 0
+        self._silent = True
+        self._dead = False
+        self._waiters: tuple[_Waiter, ...] = ()
+        self._on_death = functools.partial(_forget, weakref.ref(self))
+
+    def __repr__(self) -> str:
+        if self.name:
+            return f"<AsyncSignal {self.name!r}>"
+        return f"<AsyncSignal at {id(self):#x}>"
+
+    # -- connections --------------------------------------------------------------------
+
+    @overload
+    def connect(
+        self,
+        receiver: Callable[P, Awaitable[R]],
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        *,
+        sync_to_thread: bool = False,
+    ) -> Callable[P, Awaitable[R]]: ...
+
+    @overload
+    def connect(
+        self,
+        receiver: Callable[P, R],
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        *,
+        sync_to_thread: bool = False,
+    ) -> Callable[P, R]: ...
+
+    def connect(
+        self,
+        receiver: Callable[..., Any],
+        sender: Any = None,
+        weak: bool = True,
+        dispatch_uid: Hashable | None = None,
+        *,
+        sync_to_thread: bool = False,
+    ) -> Callable[..., Any]:
+        """Connect ``receiver`` to this signal, for every sender or only for ``sender``.
+
+        Returns the receiver, so ``@sig.connect`` works as a decorator (as in blinker).
+        ``weak=True`` holds a weak reference, so a receiver that is garbage collected
+        disconnects itself. ``dispatch_uid`` identifies the connection: connecting twice with
+        the same uid (or the same receiver and sender) registers once, the first one winning.
+        ``sync_to_thread=True`` runs a blocking sync receiver in a worker thread.
+
+        A receiver that a send could not call (no ``**kwargs``, ``sender`` not accepted by
+        keyword, a required parameter the signal never passes) is refused with a
+        ``TypeError`` naming it.
+        """
+        self._connect(receiver, sender, weak, dispatch_uid, sync_to_thread)
+        return receiver
+
+    def _connect(
+        self,
+        fn: Callable[..., Any],
+        sender: Any,
+        weak: bool,
+        dispatch_uid: Hashable | None,
+        sync_to_thread: bool,
+    ) -> bool:
+        check_receiver(fn, self, None if self._spec is None else self._spec.allowed)
+        if dispatch_uid is not None:
+            try:
+                hash(dispatch_uid)
+            except TypeError:
+                raise TypeError(
+                    f"dispatch_uid must be hashable, got {type(dispatch_uid).__name__} "
+                    f"{dispatch_uid!r} for receiver of {self!r}"
+                ) from None
+        if sender is ANY:
+            sender = None
+        mode = receiver_mode(fn, sync_to_thread)
+        key = self._key(fn, sender, dispatch_uid)
+        entry = _Entry(self._on_death, fn, sender, weak, key, mode)
+        with self._lock:
+            live = tuple(e for e in self._entries if e.alive())
+            for existing in live:
+                if existing.key == key and (dispatch_uid is not None or existing.same_receiver(fn)):
+                    self._replace(live)
+                    entry.disconnected = True  # never warn about the duplicate we drop
+                    return False
+            self._replace((*live, entry))
+        return True
+
+    def disconnect(
+        self,
+        receiver: Callable[..., Any] | None = None,
+        sender: Any = None,
+        dispatch_uid: Hashable | None = None,
+    ) -> bool:
+        """Disconnect a (receiver, sender) pair or a ``dispatch_uid``; True if it was connected."""
+        if receiver is None and dispatch_uid is None:
+            raise TypeError(f"{self!r}.disconnect() needs the receiver or its dispatch_uid")
+        if sender is ANY:
+            sender = None
+        key = self._key(receiver, sender, dispatch_uid)
+        with self._lock:
+            kept = []
+            found = False
+            for e in self._entries:
+                if not e.alive():
+                    continue
+                if (
+                    not found
+                    and e.key == key
+                    and (dispatch_uid is not None or e.same_receiver(receiver))
+                ):
+                    e.disconnected = True
+                    found = True
+                    continue
+                kept.append(e)
+            self._replace(tuple(kept))
+        return found
+
+    @staticmethod
+    def _key(fn: Any, sender: Any, dispatch_uid: Hashable | None) -> Hashable:
+        if dispatch_uid is not None:
+            return (("uid", dispatch_uid), sender_key(sender))
+        return (receiver_key(fn), sender_key(sender))
+
+    def _replace(self, entries: tuple[_Entry, ...]) -> None:
+        # Called with the lock held. The caches are replaced, not cleared, so that a send
+        # that already holds the old dict cannot write stale rows into the new one.
+        self._entries = entries
+        self._values = frozenset(
+            (type(e.sender_value), e.sender_value) for e in entries if e.sender_value is not None
+        )
+        self._dead = False
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._value_cache = {}
+        self._id_cache = _IdCache()
+        self._silent = not self._entries or self._muted > 0
+
+    def _forget_dead(self) -> None:
+        """Weak-reference callback: a receiver or a sender died. May run in any thread.
+
+        It runs in the middle of anything (garbage collection), so it takes no lock and only
+        drops the caches; the dead entry is pruned by the next mutation or cache miss.
+        """
+        self._dead = True
+        self._value_cache = {}
+        self._id_cache = _IdCache()
+
+    def _prune(self) -> None:
+        # Never block a send: if a mutation holds the lock, it prunes for us.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._replace(tuple(e for e in self._entries if e.alive()))
+            finally:
+                self._lock.release()
+
+    def _lookup(self, sender: Any) -> tuple[Row, ...]:
+        """The live receivers for ``sender``, cached when the sender can be watched."""
+        if type(sender) in VALUE_SENDER_TYPES and (type(sender), sender) not in self._values:
+            # Nobody listens to this value in particular: it gets the receivers for any
+            # sender, cached once, so that sends from ever new ids or names (a tenant, a
+            # user) do not grow the cache.
+            rows = self._id_cache.get(id(None))
+            return self._lookup(None) if rows is None else rows
+        value_cache = self._value_cache
+        id_cache = self._id_cache
+        if self._dead:
+            self._prune()
+        matched = tuple(e.row() for e in self._entries if e.listens_to(sender) and e.alive())
+        for _, _, entry in matched:
+            entry.called = True  # a send is about to reach it: no "collected unused" warning
+        if type(sender) in VALUE_SENDER_TYPES:
+            value_cache[sender] = matched
+        elif sender is None:
+            id_cache[id(None)] = matched
+        else:
+            key = id(sender)
+            try:
+                watcher = weakref.ref(sender, functools.partial(_evict, weakref.ref(id_cache), key))
+            except TypeError:
+                return matched  # cannot tell when it dies, so it is not cached
+            id_cache.watchers[key] = watcher
+            id_cache[key] = matched
+        return matched
+
+    # -- queries ------------------------------------------------------------------------
+
+    def receivers_for(self, sender: Any) -> list[Callable[..., Any]]:
+        """The live receivers a send from ``sender`` would call, in connection order."""
+        receivers = []
+        for e in self._entries:
+            if e.listens_to(sender) and e.alive():
+                receivers.append(e.resolve())
+        return receivers
+
+    def has_listeners(self, sender: Any = None) -> bool:
+        """Whether a send from ``sender`` would reach anyone.
+
+        As in Django, ``has_listeners()`` with no sender counts only the receivers connected
+        for any sender.
+        """
+        return any(e.listens_to(sender) and e.alive() for e in self._entries)
+
+    @property
+    def receivers(self) -> list[Callable[..., Any]]:
+        """Every live receiver, whatever its sender, in connection order."""
+        return [r for r in (e.resolve() for e in self._entries if e.alive()) if r is not None]
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, list[tuple[Callable[..., Any], R]]]:
+        """Call every receiver for ``sender``; return ``[(receiver, result), ...]``.
+
+        ``await sig.send(sender, **kwargs)``. Sync receivers run inline, async ones
+        concurrently. If receivers raise, the still-running ones are cancelled and an
+        ``ExceptionGroup`` of every failure is raised, always a group (as
+        ``asyncio.TaskGroup`` does), named ``"N receiver(s) of <signal> raised"``.
+        Per-call options: ``concurrent``, ``timeout``, ``max_concurrency``.
+        """
+        return self._send(args, kwargs, False)
+
+    def send_robust(
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, list[tuple[Callable[..., Any], R | Exception]]]:
+        """Like :meth:`send`, but an ``Exception`` from a receiver is returned in its slot.
+
+        Each failure is logged on the ``asignals`` logger with the receiver named (a
+        ``timeout`` as one line); the other receivers carry on. Cancellation and other
+        ``BaseException``\\ s are never swallowed.
+        """
+        return self._send(args, kwargs, True)
+
+    async def _send(self, args: tuple[Any, ...], named: dict[str, Any], robust: bool) -> Results:
+        """The one send loop, behind ``send`` (``robust=False``) and ``send_robust``.
+
+        ``named`` is the call's own ``**kwargs`` dict: receivers get their own copy of it
+        (``**`` always copies), so ``signal`` and ``sender`` are put in it once per send.
+        """
+        options = None
+        if len(args) == 1 and RESERVED.isdisjoint(named):
+            sender = args[0]
+        else:
+            sender, options = _parse_call(self, "send_robust" if robust else "send", args, named)
+        names = self._names
+        if names is not None and named.keys() != names:
+            self._spec.check(self, named)  # type: ignore[union-attr]
+        if self._waiters:
+            self._offer(sender, named)
+        if self._silent:
+            return []
+        cls = type(sender)
+        if cls is str or cls is int or cls is bytes:
+            rows = self._value_cache.get(sender)
+        else:
+            rows = self._id_cache.get(id(sender))
+        if rows is None:
+            rows = self._lookup(sender)
+        named["signal"] = self
+        named["sender"] = sender
+        if options is not None or self._options:
+            if options is None:
+                options = (self.concurrent, self.timeout, self.max_concurrency)
+            return await _dispatch.run(self, rows, 0, [], named, robust, *options)
+        results: Results = []
+        index = 0
+        for get, mode, entry in rows:
+            fn = get()
+            if fn is None:
+                index += 1
+                continue
+            if mode and (mode != ASYNC or index + 1 < len(rows)):
+                return await _dispatch.run(self, rows, index, results, named, robust)
+            try:
+                if mode:
+                    # The last receiver, and async: nothing after it could run concurrently,
+                    # so it is awaited right here, at the cost of a plain await.
+                    result = await fn(**named)
+                else:
+                    result = fn(**named)
+                    if result is not None and hasattr(type(result), "__await__"):
+                        result = await result
+            except Exception as exc:
+                result = _dispatch.failed(self, entry, sender, exc, robust)
+            results.append((fn, result))
+            index += 1
+        return results
+
+    def _arguments(self, method: str, args: tuple[Any, ...], named: dict[str, Any]) -> Any:
+        """The sender of a background send, its keyword arguments checked (and ``named`` too)."""
+        if len(args) == 1 and RESERVED.isdisjoint(named):
+            sender = args[0]
+        else:
+            sender, _ = _parse_call(self, method, args, named, options_allowed=False)
+        if self._spec is not None:
+            self._spec.check(self, named)
+        return sender
+
+    def send_nowait(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Schedule ``send_robust(sender, **kwargs)`` on the running dispatcher; return at once.
+
+        The receivers run later, in a task of the dispatcher (``async with
+        asignals.dispatcher():`` or the ASGI lifespan), with the caller's context variables.
+        Raises ``RuntimeError`` outside a dispatcher, :class:`asignals.BacklogFull` when its
+        backlog is full. Dispatch options are the signal's own.
+        """
+        sender = self._arguments("send_nowait", args, kwargs)
+        background.submit(self, sender, kwargs)
+
+    async def send_later(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Like :meth:`send_nowait`, but wait for room when the dispatcher's backlog is full."""
+        sender = self._arguments("send_later", args, kwargs)
+        await background.submit_wait(self, sender, kwargs)
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def _offer(self, sender: Any, named: dict[str, Any]) -> None:
+        for waiter in self._waiters:
+            waiter.offer(sender, named)
+
+    async def wait_for(
+        self,
+        sender: Any = ANY,
+        *,
+        where: Callable[..., object] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Wait for the next send of this signal from ``sender``; return its keyword arguments.
+
+        ``where(**kwargs)``, if given, must be true for the send to count. Every send counts:
+        in-process ones, background ones (``send_nowait``) and those a bridge delivers from
+        another process. Raises ``TimeoutError`` after ``timeout`` seconds. Nothing is
+        connected: the wait costs other sends nothing once it returns or is cancelled.
+        """
+        if where is not None and not callable(where):
+            raise TypeError(f"wait_for(where=...) must be callable, got {where!r}")
+        waiter = _Waiter(None if sender is ANY else sender, where)
+        with self._lock:
+            self._waiters = (*self._waiters, waiter)
+        try:
+            with anyio.fail_after(timeout):
+                await waiter.event.wait()
+        finally:
+            with self._lock:
+                self._waiters = tuple(w for w in self._waiters if w is not waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.kwargs is not None
+        return waiter.kwargs
+
+    # -- testing helpers ----------------------------------------------------------------
+
+    @contextmanager
+    def connected_to(
+        self, receiver: Callable[P, R | Awaitable[R]], sender: Any = None
+    ) -> Iterator[Callable[P, R | Awaitable[R]]]:
+        """Connect ``receiver`` (strongly) for the ``with`` block only.
+
+        If it was already connected for that sender, it stays connected afterwards.
+        """
+        added = self._connect(receiver, sender, False, None, False)
+        try:
+            yield receiver
+        finally:
+            if added:
+                self.disconnect(receiver, sender=sender)
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Make every send of this signal a no-op returning ``[]`` for the ``with`` block."""
+        with self._lock:
+            self._muted += 1
+            self._silent = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._muted -= 1
+                self._silent = not self._entries or self._muted > 0
+
+
+class _Connector(Generic[P, R]):
+    """What ``@receiver(signal, ...)`` returns: connects the function it decorates."""
+
+    __slots__ = ("options", "signals")
+
+    def __init__(self, signals: tuple[AsyncSignal[P, R], ...], options: dict[str, Any]) -> None:
+        self.signals = signals
+        self.options = options
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> Callable[..., Any]:
+        for s in self.signals:
+            s.connect(fn, **self.options)
+        return fn
+
+
+def receiver(
+    signal: AsyncSignal[_P, _R] | Iterable[AsyncSignal[_P, _R]],
+    *,
+    sender: Any = None,
+    weak: bool = True,
+    dispatch_uid: Hashable | None = None,
+    sync_to_thread: bool = False,
+) -> _Connector[_P, _R]:
+    """Decorator connecting the function to one signal or to each of a list of signals.
+
+    ``@receiver(order_placed, sender=Order)`` as in Django; the keywords are ``connect``'s.
+    """
+    if isinstance(signal, AsyncSignal):
+        signals: tuple[AsyncSignal[_P, _R], ...] = (signal,)
+    elif isinstance(signal, str | bytes) or not isinstance(signal, Iterable):
+        raise TypeError(f"@receiver takes an AsyncSignal or a list of them, got {signal!r}")
+    else:
+        signals = tuple(signal)
+        for s in signals:
+            if not isinstance(s, AsyncSignal):
+                raise TypeError(
+                    f"@receiver takes an AsyncSignal or a list of them; the list holds {s!r}"
+                )
+    options = {
+        "sender": sender,
+        "weak": weak,
+        "dispatch_uid": dispatch_uid,
+        "sync_to_thread": sync_to_thread,
+    }
+    return _Connector(signals, options)
+
+
+@overload
+def signal(spec: Callable[_P, _R], /) -> AsyncSignal[_P, _R]: ...
+
+
+@overload
+def signal(
+    *,
+    name: str | None = None,
+    concurrent: bool = True,
+    timeout: float | None = None,
+    max_concurrency: int | None = None,
+) -> Callable[[Callable[_P, _R]], AsyncSignal[_P, _R]]: ...
+
+
+def signal(
+    spec: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    concurrent: bool = True,
+    timeout: float | None = None,
+    max_concurrency: int | None = None,
+) -> Any:
+    """Declare a typed signal from a spec function: ``@asignals.signal`` above a ``def``.
+
+    The function is never called: its parameters (``sender`` first, then keyword-only
+    arguments) are what every send passes, its return type what every receiver returns, its
+    name the signal's name and its docstring the signal's ``__doc__``::
+
+        @asignals.signal
+        def order_placed(sender: type[Order], *, order: Order, total: Decimal) -> None:
+            \"\"\"Sent once an order is stored.\"\"\"
+
+    ``@asignals.signal(timeout=5)`` sets dispatch options. The same as
+    ``AsyncSignal(spec=fn, name=fn.__name__)``.
+    """
+
+    def make(fn: Callable[_P, _R]) -> AsyncSignal[_P, _R]:
+        return AsyncSignal(
+            name,
+            spec=fn,
+            concurrent=concurrent,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+        )
+
+    if spec is None:
+        return make
+    return make(spec)
+
+
+__all__ = ["ANY", "AsyncSignal", "receiver", "signal"]
