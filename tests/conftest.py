@@ -106,3 +106,112 @@ def free_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield port
+
+
+# -- bridge transports ------------------------------------------------------------------------
+
+
+class BridgeKit:
+    """One transport under test: fresh instances, raw writes and its dead letters.
+
+    The shared bridge tests take the ``transport`` fixture and run once per entry of
+    ``BRIDGE_TRANSPORTS``; a transport adds a subclass and an entry there.
+    """
+
+    name = ""
+
+    def make(self) -> Any:
+        """A new, unopened transport (one per Bridge)."""
+        raise NotImplementedError
+
+    async def inject(self, stream: str, data: bytes) -> None:
+        """Publish raw bytes on ``stream`` as a foreign writer would."""
+        transport = self.make()
+        await transport.open(stream)
+        try:
+            await transport.publish([data])
+        finally:
+            await transport.close()
+
+    async def dead_letters(self, bridge: Any) -> list[Any]:
+        """The dead letters of ``bridge``'s stream, oldest first (``DeadLetter`` objects)."""
+        return list(bridge.dead_letters)
+
+    async def cleanup(self) -> None:
+        """Remove what the test left on the server."""
+
+
+class RedisKit(BridgeKit):
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.streams: set[str] = set()
+
+    def make(self) -> Any:
+        from asignals.bridge import RedisStreams
+
+        return _TrackingRedis(self, RedisStreams(self.url))
+
+    async def dead_letters(self, bridge: Any) -> list[Any]:
+        from redis.asyncio import Redis
+
+        from asignals.bridge import DeadLetter
+
+        client = Redis.from_url(self.url)
+        try:
+            entries = await client.xrange(f"{bridge.stream}:dead")
+        finally:
+            await client.aclose()
+        letters = []
+        for _id, fields in entries:
+            message = fields.pop(b"e", b"")
+            provenance = {k.decode(): v.decode() for k, v in fields.items()}
+            letters.append(DeadLetter(message, provenance))
+        return letters
+
+    async def cleanup(self) -> None:
+        from redis.asyncio import Redis
+
+        if not self.streams:
+            return
+        client = Redis.from_url(self.url)
+        try:
+            await client.delete(*self.streams, *(f"{s}:dead" for s in self.streams))
+        finally:
+            await client.aclose()
+
+
+class _TrackingRedis:
+    """A RedisStreams that records the streams it opened, for cleanup."""
+
+    def __init__(self, kit: RedisKit, inner: Any) -> None:
+        self._kit = kit
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    async def open(self, stream: str) -> None:
+        self._kit.streams.add(stream)
+        await self._inner.open(stream)
+
+
+def _redis_kit() -> BridgeKit:
+    _require("Redis", REDIS_URL, 6379)
+    return RedisKit(REDIS_URL)
+
+
+#: name -> factory of a BridgeKit (the factory checks its server is up).
+BRIDGE_TRANSPORTS: dict[str, Any] = {"redis": _redis_kit}
+
+
+@pytest.fixture(params=list(BRIDGE_TRANSPORTS))
+async def transport(request: pytest.FixtureRequest) -> Any:
+    """Each bridge transport in turn, as a :class:`BridgeKit`."""
+    kit = BRIDGE_TRANSPORTS[request.param]()
+    yield kit
+    await kit.cleanup()

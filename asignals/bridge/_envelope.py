@@ -4,6 +4,9 @@ Signals and senders never travel as objects: each side maps its own objects to n
 (``attach(signal, name=...)``, ``register_sender(name, obj)``). A message can therefore only
 reach a signal this process bridged and only name a sender this process registered; anything
 else is a :class:`DecodeError`, which the reader turns into a dead letter.
+
+A typed signal's spec (``signal.spec``) adds type hints: a keyword annotated with a dataclass,
+pydantic model or Enum travels without ``codec.register`` and is rebuilt as that type.
 """
 
 from __future__ import annotations
@@ -11,19 +14,39 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import time
+import types
+import typing
+from collections.abc import Mapping
 from typing import Any
 
+from .._reserved import RESERVED
 from ._codec import DecodeError, EncodeError, JsonCodec
 
-__all__ = ["Envelope", "Event", "Registry"]
+__all__ = ["Encoded", "Envelope", "Event", "Registry"]
 
-_VERSION = 1
+logger = logging.getLogger("asignals.bridge")
+
+_VERSION = 2
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DECODER = json.JSONDecoder()
 _PLAIN = (str, int, float, bool, type(None))
-_ENVELOPE_KEYS = frozenset({"v", "id", "ts", "origin", "group", "signal", "sender", "kwargs"})
+_KEYS_V1 = frozenset({"v", "id", "ts", "origin", "group", "signal", "sender", "kwargs"})
+_KEYS_V2 = _KEYS_V1 | {"headers"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoded:
+    """One event ready for the wire: its stable envelope ``id`` and the ``data`` to publish.
+
+    What :meth:`Bridge.encode` returns, so an outbox can store the bytes in a transaction and
+    publish them later under the same id (consumers de-duplicate on it).
+    """
+
+    id: str
+    data: bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,6 +60,7 @@ class Envelope:
     signal: str
     sender: Any
     kwargs: dict[str, Any]
+    headers: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,10 +76,10 @@ class Event:
 def _reserved_names(signal: Any) -> frozenset[str]:
     """Keyword names a remote message may not use: ``signal``, ``sender`` and send options.
 
-    A remote ``timeout=0`` must not become a dispatch option of the local send, so the options
-    of API.md and every named parameter of ``send_robust`` are off limits.
+    A remote ``timeout=0`` must not become a dispatch option of the local send, so the reserved
+    names and every named parameter of ``send_robust`` are off limits.
     """
-    names = {"signal", "sender", "concurrent", "timeout", "max_concurrency"}
+    names = set(RESERVED)
     try:
         params = inspect.signature(type(signal).send_robust).parameters.values()
     except (AttributeError, TypeError, ValueError):
@@ -66,16 +90,53 @@ def _reserved_names(signal: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+def _hint_of(annotation: Any, codec: JsonCodec) -> type[Any] | None:
+    """The class a keyword is declared as, if the codec can derive an adapter for it.
+
+    ``Order`` and ``Order | None`` (``Optional[Order]``) count; containers of them do not.
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        arms = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(arms) != 1:
+            return None
+        annotation = arms[0]
+    if isinstance(annotation, type) and codec.derivable(annotation):
+        return annotation
+    return None
+
+
+def _spec_hints(signal: Any, codec: JsonCodec) -> dict[str, type[Any]]:
+    spec = getattr(signal, "spec", None)
+    if spec is None:
+        return {}
+    try:
+        annotations = typing.get_type_hints(spec)
+    except Exception as exc:  # a forward reference that does not resolve (yet)
+        logger.warning("cannot read the type hints of %r: %s", signal, exc)
+        return {}
+    annotations.pop("return", None)
+    annotations.pop("sender", None)
+    hints = {}
+    for name, annotation in annotations.items():
+        hint = _hint_of(annotation, codec)
+        if hint is not None:
+            hints[name] = hint
+    return hints
+
+
 class Registry:
     """Names for bridged signals and registered senders, plus the codec for kwargs."""
 
-    def __init__(self, codec: JsonCodec, origin: str, group: str | None) -> None:
+    def __init__(self, codec: JsonCodec, origin: str, group: str | None, max_bytes: int) -> None:
         self.codec = codec
         self.origin = origin
         self.group = group
+        self.max_bytes = max_bytes
         self.signals: dict[str, Any] = {}
         self._signal_names: dict[int, str] = {}
         self._reserved: dict[str, frozenset[str]] = {}
+        self._hints: dict[str, dict[str, type[Any]]] = {}
         self._senders: dict[str, Any] = {}
         self._sender_names: dict[int, str] = {}
 
@@ -107,8 +168,17 @@ class Registry:
         self._senders[name] = sender
         self._sender_names[id(sender)] = name
 
-    def signal_name(self, signal: Any) -> str:
-        return self._signal_names[id(signal)]
+    def signal_name(self, signal: Any) -> str | None:
+        name = self._signal_names.get(id(signal))
+        return name if name is not None and self.signals[name] is signal else None
+
+    def hints(self, name: str) -> dict[str, type[Any]]:
+        """The spec's class-typed keywords of signal ``name``, read once (lazily, so that a
+        spec may name classes defined after the signal)."""
+        hints = self._hints.get(name)
+        if hints is None:
+            hints = self._hints[name] = _spec_hints(self.signals[name], self.codec)
+        return hints
 
     # -- outgoing ---------------------------------------------------------------------------
 
@@ -124,19 +194,23 @@ class Registry:
             return {"int": sender}
         raise EncodeError(
             f"sender {sender!r} cannot cross processes: register it with "
-            f"bridge.register_sender(name, sender) (str and int senders travel as themselves)"
+            f"bridge.register_sender(name, sender) or senders={{'Name': sender}} "
+            f"(str and int senders travel as themselves)"
         )
 
-    def encode(self, signal: Any, sender: Any, kwargs: dict[str, Any]) -> bytes:
-        """Build the JSON envelope for one send; raises :class:`EncodeError` naming the kwarg."""
-        name = self.signal_name(signal)
+    def body(self, name: str, sender: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The envelope of one send as a JSON-ready dict (``headers`` still empty).
+
+        Raises :class:`EncodeError` naming the keyword argument that cannot travel.
+        """
+        hints = self.hints(name)
         encoded: dict[str, Any] = {}
         for key, value in kwargs.items():
             try:
-                encoded[key] = self.codec.encode(value)
+                encoded[key] = self.codec.encode(value, hints.get(key))
             except EncodeError as exc:
                 raise EncodeError(f"{name}: keyword argument {key!r}: {exc}") from None
-        body = {
+        return {
             "v": _VERSION,
             "id": os.urandom(12).hex(),
             "ts": time.time(),
@@ -145,23 +219,41 @@ class Registry:
             "signal": name,
             "sender": self._encode_sender(sender),
             "kwargs": encoded,
+            "headers": {},
         }
-        return _ENCODER.encode(body).encode()
+
+    def dump(self, body: dict[str, Any]) -> bytes:
+        """Serialize an envelope and check it against ``max_message_bytes``."""
+        try:
+            data = _ENCODER.encode(body).encode()
+        except (ValueError, UnicodeEncodeError) as exc:  # NaN is fine; lone surrogates are not
+            raise EncodeError(f"{body['signal']}: cannot serialize the event: {exc}") from None
+        if len(data) > self.max_bytes:
+            raise EncodeError(
+                f"{body['signal']}: the encoded event is {len(data):,} bytes, over "
+                f"max_message_bytes={self.max_bytes:,}; send a reference (an id) instead"
+            )
+        return data
 
     # -- incoming ---------------------------------------------------------------------------
 
-    def parse(self, raw: bytes, max_bytes: int) -> Envelope:
+    def parse(self, raw: bytes) -> Envelope:
         """Check the envelope's shape without resolving names (origin filtering needs this)."""
-        if len(raw) > max_bytes:
-            raise DecodeError(f"message of {len(raw)} bytes exceeds max_message_bytes={max_bytes}")
+        if len(raw) > self.max_bytes:
+            raise DecodeError(
+                f"message of {len(raw)} bytes exceeds max_message_bytes={self.max_bytes}"
+            )
         try:
             body = _DECODER.decode(raw.decode())
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise DecodeError(f"not valid JSON: {exc}") from None
-        if type(body) is not dict or set(body) != _ENVELOPE_KEYS:
+        if type(body) is not dict:
+            raise DecodeError("not an asignals envelope (not a JSON object)")
+        keys = _KEYS_V2 if body.get("v") == _VERSION else _KEYS_V1
+        if body.get("v") not in (1, _VERSION):
+            raise DecodeError(f"unsupported envelope version {body.get('v')!r}")
+        if set(body) != keys:
             raise DecodeError("not an asignals envelope (wrong keys)")
-        if body["v"] != _VERSION:
-            raise DecodeError(f"unsupported envelope version {body['v']!r}")
         checks = {"id": str, "origin": str, "signal": str, "kwargs": dict}
         for key, kind in checks.items():
             if type(body[key]) is not kind:
@@ -170,6 +262,11 @@ class Registry:
             raise DecodeError("envelope field 'ts' must be a number")
         if body["group"] is not None and type(body["group"]) is not str:
             raise DecodeError("envelope field 'group' must be a str or null")
+        headers = body.get("headers")
+        if type(headers) is not dict:
+            headers = {}  # headers are for tracing: never a reason to lose the event
+        elif not all(type(k) is str and type(v) is str for k, v in headers.items()):
+            headers = {k: v for k, v in headers.items() if type(k) is str and type(v) is str}
         return Envelope(
             id=body["id"],
             ts=float(body["ts"]),
@@ -178,6 +275,7 @@ class Registry:
             signal=body["signal"],
             sender=body["sender"],
             kwargs=body["kwargs"],
+            headers=headers,
         )
 
     def _decode_sender(self, wire: Any) -> Any:
@@ -202,10 +300,16 @@ class Registry:
             raise DecodeError(f"unknown signal {envelope.signal!r} (not bridged here)")
         sender = self._decode_sender(envelope.sender)
         reserved = self._reserved[envelope.signal]
+        hints = self.hints(envelope.signal)
         kwargs: dict[str, Any] = {}
         for key, value in envelope.kwargs.items():
             if not key.isidentifier() or key in reserved:
                 raise DecodeError(f"keyword argument name {key!r} is not allowed")
-            # Scalars are most kwargs; they need no trip through the codec.
-            kwargs[key] = value if type(value) in _PLAIN else self.codec.decode(value)
+            if type(value) in _PLAIN:  # most kwargs: no trip through the codec
+                kwargs[key] = value
+            else:
+                try:
+                    kwargs[key] = self.codec.decode(value, hints.get(key))
+                except DecodeError as exc:
+                    raise DecodeError(f"keyword argument {key!r}: {exc}") from None
         return Event(envelope, signal, sender, kwargs)

@@ -6,7 +6,9 @@ registered itself, so the worst a hostile message can do is fail to decode.
 
 Wire format: JSON scalars, lists and str-keyed dicts travel as themselves. Everything else is a
 tagged object ``{"$t": tag, "v": payload}``; a plain dict that happens to contain ``"$t"`` is
-wrapped as ``{"$t": "dict", "v": {...}}`` so it can never be mistaken for a tag.
+wrapped as ``{"$t": "dict", "v": {...}}`` so it can never be mistaken for a tag. A value of
+the class a typed signal declares for its keyword (the *hint*) travels as ``{"$t": "=", "v":
+...}``: both sides know the class from the spec, so it needs no registered name.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = ["DecodeError", "EncodeError", "JsonCodec"]
 T = TypeVar("T")
 
 _TAG = "$t"
+_HINTED = "="  # "the class the spec declares"
+_RESERVED_TAGS = frozenset({"dict", "tuple", "set", "frozenset", "map", _HINTED})
 _MAX_DEPTH = 64
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -85,14 +89,16 @@ class JsonCodec:
 
     ``datetime``/``date``/``time``/``timedelta``, ``UUID``, ``Decimal``, ``bytes``, ``tuple``,
     ``set``/``frozenset`` and dicts with non-str keys work out of the box. Dataclasses, pydantic
-    models and enums are opt-in: ``codec.register(MyClass)``. Any other class needs explicit
-    ``encode``/``decode`` functions. Types are matched exactly (a subclass is not silently
-    decoded as its base); register the subclass too.
+    models and enums are opt-in: ``codec.register(MyClass)``, or declared by a typed signal's
+    spec (``order: Order`` travels without registering ``Order``). Any other class needs
+    explicit ``encode``/``decode`` functions. Types are matched exactly (a subclass is not
+    silently decoded as its base); register the subclass too.
     """
 
     def __init__(self) -> None:
         self._by_type: dict[type[Any], _Adapter] = {}
         self._by_tag: dict[str, _Adapter] = {}
+        self._derived: dict[type[Any], _Adapter | None] = {}
         for adapter in _builtin_adapters():
             self._add(adapter)
 
@@ -113,7 +119,7 @@ class JsonCodec:
         if not isinstance(cls, type):
             raise TypeError(f"register() needs a class, got {cls!r}")
         tag = name if name is not None else f"{cls.__module__}.{cls.__qualname__}"
-        if not tag or tag in ("dict", "tuple", "set", "frozenset", "map"):
+        if not tag or tag in _RESERVED_TAGS:
             raise ValueError(f"{tag!r} is not a usable type name")
         if (encode is None) != (decode is None):
             raise TypeError("pass both encode and decode, or neither")
@@ -158,13 +164,48 @@ class JsonCodec:
         self._by_type[adapter.cls] = adapter
         self._by_tag[adapter.tag] = adapter
 
-    def encode(self, value: Any) -> Any:
-        """Return a JSON-ready structure for ``value``; :class:`EncodeError` names what failed."""
+    def _hinted(self, cls: type[Any]) -> _Adapter | None:
+        """The adapter derived for a spec-declared class (cached; None if not derivable)."""
+        try:
+            return self._derived[cls]
+        except KeyError:
+            pass
+        try:
+            encode, decode = self._derive(cls)
+        except TypeError:
+            adapter = None
+        else:
+            adapter = _Adapter(_HINTED, cls, encode, decode)
+        self._derived[cls] = adapter
+        return adapter
+
+    def derivable(self, cls: type[Any]) -> bool:
+        """True for a dataclass, pydantic model or Enum (a class a spec can declare)."""
+        return self._hinted(cls) is not None
+
+    def encode(self, value: Any, hint: type[Any] | None = None) -> Any:
+        """Return a JSON-ready structure for ``value``; :class:`EncodeError` names what failed.
+
+        ``hint`` is the class the receiving side expects (from a typed signal's spec): a value
+        of exactly that class travels without a registered name.
+        """
+        if hint is not None and type(value) is hint:
+            adapter = self._hinted(hint)
+            if adapter is not None:
+                return {_TAG: _HINTED, "v": self._encode(adapter.encode(value), 1)}
         return self._encode(value, 0)
 
-    def decode(self, value: Any) -> Any:
-        """Rebuild a value from :meth:`encode`'s output; :class:`DecodeError` on anything else."""
+    def decode(self, value: Any, hint: type[Any] | None = None) -> Any:
+        """Rebuild a value from :meth:`encode`'s output; :class:`DecodeError` on anything else.
+
+        A ``{"$t": "=", ...}`` value needs ``hint``, the class the spec declares.
+        """
         try:
+            if type(value) is dict and value.get(_TAG) == _HINTED:
+                adapter = self._hinted(hint) if hint is not None else None
+                if adapter is None or set(value) != {_TAG, "v"}:
+                    raise DecodeError("a spec-typed value where the spec declares no class")
+                return adapter.decode(self._decode(value["v"], 1))
             return self._decode(value, 0)
         except DecodeError:
             raise
