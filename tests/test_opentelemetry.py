@@ -601,10 +601,10 @@ async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_backgro
     saved: list[int] = []
     response_seen = anyio.Event()
 
-    def audit(instance: Order, created: bool, **kwargs: Any) -> None:
+    def audit(sender: type[Order], instance: Order, **kwargs: Any) -> None:
         saved.append(instance.id)
 
-    async def email(order_id: int, **kwargs: Any) -> None:
+    async def email(sender: Any, order_id: int, **kwargs: Any) -> None:
         await response_seen.wait()  # so this runs after the response, for sure
         await anyio.sleep(0.01)
 

@@ -17,7 +17,6 @@ implementation of the API) and its exporters as usual.
 
 from __future__ import annotations
 
-import importlib
 import math
 import threading
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from typing import Any, Final, Literal
 from opentelemetry import metrics, trace
 
 import asignals
+from asignals.bridge import _hooks as bridge_hooks
 
 from . import _metrics
 from ._bridge import Hooks
@@ -41,8 +41,6 @@ ReceiverSpans = Literal["all", "slow", "none"]
 #: The instrumentation scope name of every span and metric.
 SCOPE: Final = "asignals"
 
-_BRIDGE_HOOKS: Final = "asignals.bridge._hooks"
-
 # What instrument() replaced: (owner, attribute, original), restored in reverse order.
 _patched: list[tuple[Any, str, Any]] = []
 _lock = threading.Lock()
@@ -51,7 +49,7 @@ _lock = threading.Lock()
 def instrument(
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
-    signals: Iterable[AsyncSignal] | None = None,
+    signals: Iterable[AsyncSignal[..., Any]] | None = None,
     receivers: ReceiverSpans = "slow",
     min_receiver_ms: float = 1.0,
 ) -> None:
@@ -75,7 +73,7 @@ def instrument(
 def _instrument(
     tracer_provider: trace.TracerProvider | None,
     meter_provider: metrics.MeterProvider | None,
-    signals: Iterable[AsyncSignal] | None,
+    signals: Iterable[AsyncSignal[..., Any]] | None,
     receivers: ReceiverSpans,
     min_receiver_ms: float,
 ) -> None:
@@ -115,9 +113,7 @@ def _instrument(
     _patch(AsyncSignal, "send_robust", wrap_send(session, AsyncSignal.send_robust, robust=True))
     _patch(background, "submit", wrap_submit(session, background.submit))
     _patch(background, "submit_wait", wrap_submit_wait(session, background.submit_wait))
-    hooks = _bridge_hooks()
-    if hooks is not None:
-        _patch(hooks, "hooks", Hooks(session))
+    _patch(bridge_hooks, "hooks", Hooks(session))
     _metrics.start(measures)
 
 
@@ -138,7 +134,9 @@ def is_instrumented() -> bool:
     return bool(_patched)
 
 
-def _selected(signals: Iterable[AsyncSignal] | None) -> frozenset[AsyncSignal] | None:
+def _selected(
+    signals: Iterable[AsyncSignal[..., Any]] | None,
+) -> frozenset[AsyncSignal[..., Any]] | None:
     if signals is None:
         return None
     if isinstance(signals, AsyncSignal):
@@ -155,11 +153,3 @@ def _selected(signals: Iterable[AsyncSignal] | None) -> frozenset[AsyncSignal] |
 def _patch(owner: Any, name: str, replacement: Any) -> None:
     _patched.append((owner, name, getattr(owner, name)))
     setattr(owner, name, replacement)
-
-
-def _bridge_hooks() -> Any:
-    """The bridge's hooks module, if the bridge is installed."""
-    try:
-        return importlib.import_module(_BRIDGE_HOOKS)
-    except ImportError:
-        return None

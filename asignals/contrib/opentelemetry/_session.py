@@ -12,14 +12,13 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ._core import AsyncSignal, rows_for, run
+from ._core import AsyncSignal, Options, Row, run
 from ._metrics import Metrics
 from ._timing import Timing, timed
 
 logger = logging.getLogger("asignals.opentelemetry")
 
 Results = list[tuple[Any, Any]]
-Options = tuple[bool, float | None, int | None] | None
 
 _UNNAMED: Final = "unnamed"
 
@@ -47,7 +46,7 @@ class SignalInfo:
 
     __slots__ = ("attributes", "name", "receivers", "span_name")
 
-    def __init__(self, signal: AsyncSignal) -> None:
+    def __init__(self, signal: AsyncSignal[..., Any]) -> None:
         self.name = signal.name or _UNNAMED
         self.span_name = f"send {self.name}"
         self.attributes = {"asignals.signal": self.name}
@@ -69,7 +68,7 @@ class Session:
         self,
         tracer: Tracer,
         metrics: Metrics,
-        signals: frozenset[AsyncSignal] | None,
+        signals: frozenset[AsyncSignal[..., Any]] | None,
         receivers: str,
         min_receiver_ns: int,
     ) -> None:
@@ -79,7 +78,7 @@ class Session:
         self.all_receivers = receivers == "all"
         self.receiver_spans = receivers != "none"
         self.min_receiver_ns = min_receiver_ns
-        self._infos: dict[int, tuple[weakref.ref[AsyncSignal], SignalInfo]] = {}
+        self._infos: dict[int, tuple[weakref.ref[AsyncSignal[..., Any]], SignalInfo]] = {}
         self._failed = False
 
     # -- guards --------------------------------------------------------------------------
@@ -99,11 +98,11 @@ class Session:
 
     # -- signals -------------------------------------------------------------------------
 
-    def traces(self, signal: AsyncSignal) -> bool:
+    def traces(self, signal: AsyncSignal[..., Any]) -> bool:
         selected = self.signals
         return selected is None or signal in selected
 
-    def info(self, signal: AsyncSignal) -> SignalInfo:
+    def info(self, signal: AsyncSignal[..., Any]) -> SignalInfo:
         key = id(signal)
         found = self._infos.get(key)
         if found is not None and found[0]() is signal:
@@ -117,8 +116,9 @@ class Session:
 
     async def send(
         self,
-        signal: AsyncSignal,
+        signal: AsyncSignal[..., Any],
         sender: Any,
+        rows: tuple[Row, ...],
         named: dict[str, Any],
         options: Options,
         robust: bool,
@@ -126,9 +126,7 @@ class Session:
     ) -> Results:
         """Run the send through the core's dispatch with timed receivers, inside its span."""
         info = self.info(signal)
-        timings, rows = timed(rows_for(signal, sender))
-        named["signal"] = signal
-        named["sender"] = sender
+        timings, rows = timed(rows)
         span: Span | None = None
         token: Token[Context] | None = None
         try:

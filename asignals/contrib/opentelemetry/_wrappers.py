@@ -17,13 +17,13 @@ from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
-from ._core import MISSING, RESERVED, AsyncSignal, is_silent, parse_call, signal_options
+from ._core import AsyncSignal, prepare
 from ._metrics import Metrics
 from ._session import Results, Session
 
 Send = Callable[..., Coroutine[Any, Any, Results]]
-Submit = Callable[[AsyncSignal, Any, dict[str, Any]], None]
-SubmitWait = Callable[[AsyncSignal, Any, dict[str, Any]], Coroutine[Any, Any, None]]
+Submit = Callable[[AsyncSignal[..., Any], Any, dict[str, Any]], None]
+SubmitWait = Callable[[AsyncSignal[..., Any], Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class _Scheduled:
@@ -44,18 +44,13 @@ def wrap_send(session: Session, original: Send, robust: bool) -> Send:
     """``send`` or ``send_robust`` with a span, for the signals the session traces."""
     method = "send_robust" if robust else "send"
 
-    async def send(self: AsyncSignal, sender: Any = MISSING, /, **named: Any) -> Results:
+    def send(self: AsyncSignal[..., Any], *args: Any, **named: Any) -> Coroutine[Any, Any, Results]:
         if robust and _scheduled.get() is not None:
             _scheduled.set(None)  # in the background send's own task: its context only
-            return await _background(session, original, self, sender, named)
-        if is_silent(self) or not session.traces(self):
-            return await original(self, sender, **named)
-        options = None
-        if sender is MISSING or not RESERVED.isdisjoint(named):
-            sender, options = parse_call(self, method, sender, named)
-        if options is None:
-            options = signal_options(self)
-        return await session.send(self, sender, named, options, robust, False)
+            return _background(session, original, self, args, named)
+        if not session.traces(self):
+            return original(self, *args, **named)
+        return _traced(session, self, method, args, named, robust, False)
 
     send.__name__ = method
     send.__qualname__ = f"AsyncSignal.{method}"
@@ -64,21 +59,38 @@ def wrap_send(session: Session, original: Send, robust: bool) -> Send:
     return send
 
 
+async def _traced(
+    session: Session,
+    signal: AsyncSignal[..., Any],
+    method: str,
+    args: tuple[Any, ...],
+    named: dict[str, Any],
+    robust: bool,
+    background: bool,
+) -> Results:
+    prepared = prepare(signal, method, args, named)
+    if prepared is None:
+        return []
+    sender, rows, options = prepared
+    return await session.send(signal, sender, rows, named, options, robust, background)
+
+
 async def _background(
-    session: Session, original: Send, signal: AsyncSignal, sender: Any, named: dict[str, Any]
+    session: Session,
+    original: Send,
+    signal: AsyncSignal[..., Any],
+    args: tuple[Any, ...],
+    named: dict[str, Any],
 ) -> Results:
     """The background send: a span marked as such, then its outcome and the pending count."""
     metrics = session.metrics
     outcome = "cancelled"
     name = session.info(signal).name
     try:
-        if is_silent(signal) or not session.traces(signal):
-            results = await original(signal, sender, **named)
+        if session.traces(signal):
+            results = await _traced(session, signal, "send_robust", args, named, True, True)
         else:
-            if sender is MISSING or not RESERVED.isdisjoint(named):
-                sender, _ = parse_call(signal, "send_robust", sender, named)
-            options = signal_options(signal)
-            results = await session.send(signal, sender, named, options, True, True)
+            results = await original(signal, *args, **named)
         outcome = "completed"
         for _, value in results:
             if isinstance(value, Exception):
@@ -96,7 +108,7 @@ async def _background(
 def wrap_submit(session: Session, original: Submit) -> Submit:
     """``asignals.background.submit`` counting the pending send and marking its context."""
 
-    def submit(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+    def submit(signal: AsyncSignal[..., Any], sender: Any, kwargs: dict[str, Any]) -> None:
         current = _scheduled.get()
         if current is not None and current.submitting:
             original(signal, sender, kwargs)  # the hop to the loop of a submit from a thread
@@ -121,7 +133,9 @@ def wrap_submit(session: Session, original: Submit) -> Submit:
 def wrap_submit_wait(session: Session, original: SubmitWait) -> SubmitWait:
     """``asignals.background.submit_wait`` (``send_later``), as :func:`wrap_submit`."""
 
-    async def submit_wait(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
+    async def submit_wait(
+        signal: AsyncSignal[..., Any], sender: Any, kwargs: dict[str, Any]
+    ) -> None:
         mark = _Scheduled()
         token = _scheduled.set(mark)
         session.metrics.pending += 1
