@@ -6,10 +6,13 @@ trace tree (parents, attributes, status, exception events) and the data points.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry import baggage as baggage_api
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,11 +33,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import asignals
 from asignals import AsyncSignal, background
+from asignals.bridge import Bridge, RedisStreams
 from asignals.contrib import opentelemetry as otel
 from asignals.contrib import sqlalchemy as sqlalchemy_signals
 from asignals.contrib.asgi import lifespan as asgi_lifespan
@@ -670,3 +676,184 @@ def test_the_tracing_example_prints_one_trace_per_request() -> None:
     assert "fastapi_app.send_confirmation_email" in ok  # slow: it has its own span
     assert "send order_placed" in refused and "ERROR" in refused
     assert "send order_confirmed" not in refused  # no email for a refused order
+
+
+# -- across processes: the bridge carries the trace ---------------------------------------
+
+WORKER = Path(__file__).with_name("otel_worker.py")
+
+
+class Worker:
+    """``tests/otel_worker.py`` in a subprocess, and the JSON lines it prints."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, *args: str) -> Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WORKER),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        worker = cls(proc)
+        assert await worker.line() == "ready"
+        return worker
+
+    async def line(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        assert raw, f"the worker exited with {await self.proc.wait()}"
+        return raw.decode().strip()
+
+    async def handled(self, count: int) -> list[dict[str, Any]]:
+        return [json.loads(await self.line()) for _ in range(count)]
+
+    async def finish(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        report: dict[str, Any] = json.loads(await self.line())
+        await asyncio.wait_for(self.proc.wait(), 20)
+        return report
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+def hex_ids(span: ReadableSpan) -> tuple[str, str]:
+    assert span.context is not None
+    return f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_one_trace_from_the_request_to_the_receiver_in_another_process(
+    telemetry: Telemetry, redis_url: str
+) -> None:
+    stream = f"asignals-otel-test:{uuid.uuid4().hex}"
+    order_placed = AsyncSignal(name="order_placed")
+    worker = await Worker.start(redis_url, stream, "shipping")
+    try:
+        telemetry.instrument()
+        bridge = Bridge(
+            RedisStreams(redis_url), stream=stream, mode="publish", signals=[order_placed]
+        )
+        app = FastAPI()
+
+        @app.post("/orders/{order}")
+        async def place_order(order: int, fail: bool = False) -> dict[str, int]:
+            await order_placed.send("shop", order=order, fail=fail)
+            return {"order": order}
+
+        traced = OpenTelemetryMiddleware(
+            app, tracer_provider=telemetry.tracer_provider, exclude_spans=["receive", "send"]
+        )
+        async with (
+            bridge,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=traced), base_url="http://t"
+            ) as client,
+        ):
+            # The caller's baggage comes in with the request and travels on.
+            ok = await client.post("/orders/1", headers={"baggage": "tenant=acme"})
+            failing = await client.post("/orders/2", params={"fail": "true"})
+            assert (ok.status_code, failing.status_code) == (200, 200)
+            # A hostile envelope: its trace headers are garbage, the event must still arrive.
+            encoded = bridge.encode(order_placed, "shop", {"order": 3})
+            body = json.loads(encoded.data)
+            body["headers"] = {
+                "traceparent": "00-" + "f" * 32 + "-zzzz-01",
+                "tracestate": "x" * 100_000,
+                "baggage": "=;=;" * 1000,
+            }
+            await bridge.publish_encoded(json.dumps(body).encode())
+            handled = await worker.handled(4)  # order 2 twice: it fails, and is retried once
+        report = await worker.finish()
+    finally:
+        worker.kill()
+        async with Redis.from_url(redis_url) as redis:
+            await redis.delete(stream, f"{stream}:dead")
+
+    assert sorted(h["order"] for h in handled) == [1, 2, 2, 3]
+    assert [h["baggage"] for h in handled if h["order"] == 1] == [{"tenant": "acme"}]
+    remote = report["spans"]
+    by_id = {s["span_id"]: s for s in remote}
+
+    # Process A: the request span is the parent of the send, which carried its context.
+    requests = [s for s in telemetry.spans() if s.kind is SpanKind.SERVER]
+    sent = [s for s in telemetry.spans() if s.name == "send order_placed"]
+    assert len(requests) == len(sent) == 2
+    assert [parent_id(s) for s in sent] == [span_id(r) for r in requests]
+    trace_1, send_1 = hex_ids(sent[0])
+
+    # Process B: a CONSUMER span per delivery, child of the sending span, around the local send.
+    deliveries = [s for s in remote if s["name"] == "deliver order_placed"]
+    assert all(s["kind"] == "CONSUMER" for s in deliveries)
+    [first] = [s for s in deliveries if s["trace_id"] == trace_1]
+    assert first["parent_id"] == send_1 and first["remote_parent"]
+    assert first["attributes"] == {"asignals.signal": "order_placed", "asignals.attempt": 1}
+    [local] = [s for s in remote if s["parent_id"] == first["span_id"]]
+    assert local["name"] == "send order_placed" and local["trace_id"] == trace_1
+    assert local["attributes"]["asignals.sender"] == "shop"
+    [receiver] = [s for s in remote if s["parent_id"] == local["span_id"]]
+    assert receiver["name"].endswith(".ship") and receiver["status"] == "UNSET"
+
+    # The failing order: two attempts in the trace of the second request, both in error.
+    trace_2, send_2 = hex_ids(sent[1])
+    retried = [s for s in deliveries if s["trace_id"] == trace_2]
+    assert sorted(s["attributes"]["asignals.attempt"] for s in retried) == [1, 2]
+    assert all(s["parent_id"] == send_2 for s in retried)
+    assert [s["status"] for s in retried] == ["ERROR", "ERROR"]
+    assert first["status"] == "UNSET"
+    failed_sends = [
+        s for s in remote if s["name"] == "send order_placed" and s["trace_id"] == trace_2
+    ]
+    assert [s["status"] for s in failed_sends] == ["ERROR", "ERROR"]
+    assert all("exception" in s["events"] for s in failed_sends)
+
+    # The hostile headers were ignored: a delivery of its own trace, without a parent.
+    [hostile] = [s for s in deliveries if s["trace_id"] not in (trace_1, trace_2)]
+    assert hostile["parent_id"] is None
+    assert by_id[hostile["span_id"]]["status"] == "UNSET"
+
+    # Metrics on both sides.
+    assert telemetry.value("asignals.bridge.published", signal="order_placed") == 3
+    points = {
+        (m, tuple(sorted(a.items()))): v for m, ps in report["metrics"].items() for a, v in ps
+    }
+    signal = (("asignals.signal", "order_placed"),)
+    assert points[("asignals.bridge.delivered", signal)] == 4
+    assert points[("asignals.bridge.redelivered", signal)] == 1
+    dead = (("asignals.reason", "max_attempts"), ("asignals.signal", "order_placed"))
+    assert points[("asignals.bridge.dead_lettered", dead)] == 1
+    failures = [v for (m, _), v in points.items() if m == "asignals.receiver.failures"]
+    assert failures == [2]
+
+
+def test_trace_headers_that_cannot_be_trusted_are_ignored() -> None:
+    from asignals.contrib.opentelemetry._bridge import remote_context
+
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    valid = trace.get_current_span(remote_context({"traceparent": good})).get_span_context()
+    assert valid.is_valid and valid.is_remote
+    for headers in [
+        None,
+        "traceparent",
+        {"traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01"},  # all-zero ids
+        {"traceparent": good[:-3]},
+        {"traceparent": 55},
+        {1: good},
+        {"traceparent": good + "x" * 10_000},
+        {"traceparent": good, "baggage": "a=" + "b" * 10_000},
+        {"x-other": good},
+    ]:
+        context = remote_context(headers)
+        span_context = trace.get_current_span(context).get_span_context()
+        if isinstance(headers, dict) and headers.get("baggage"):
+            assert span_context.is_valid  # the trace header is fine, the baggage is dropped
+            assert dict(baggage_api.get_all(context)) == {}
+        else:
+            assert not span_context.is_valid, headers

@@ -51,9 +51,7 @@ async def test_wait_for_times_out_with_the_at_least_rule_in_its_message() -> Non
         await sig.send(Order, order_id=1)
         await sig.send(Order, order_id=1)
         # The rule is "at least": two matching sends satisfy times=1 and times=2.
-        assert (await rec.wait_for(sig, order_id=1, times=2, timeout=0.5)).kwargs == {
-            "order_id": 1
-        }
+        assert (await rec.wait_for(sig, order_id=1, times=2, timeout=0.5)).kwargs == {"order_id": 1}
         with pytest.raises(AssertionError) as info:
             await rec.wait_for(sig, order_id=1, times=3, timeout=0.05)
     message = str(info.value)

@@ -15,10 +15,10 @@ from typing import Final
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._metrics import Metrics
-from ._session import Session
+from ._session import DeliveryMark, Session, delivering
 
 #: Longer values are dropped unread: W3C baggage allows 8192 bytes, a traceparent is 55.
 MAX_HEADER_CHARS: Final = 8192
@@ -76,7 +76,7 @@ def remote_context(headers: object) -> Context:
 class _Delivery:
     """The span of one remote delivery, current while the bridge sends the event locally."""
 
-    __slots__ = ("_attempt", "_headers", "_session", "_signal", "_span", "_token")
+    __slots__ = ("_attempt", "_delivering", "_headers", "_mark", "_session", "_signal", "_token")
 
     def __init__(
         self, session: Session, signal_name: str, headers: dict[str, str], attempt: int
@@ -85,8 +85,9 @@ class _Delivery:
         self._signal = signal_name
         self._headers = headers
         self._attempt = attempt
-        self._span: Span | None = None
+        self._mark = DeliveryMark()
         self._token: Token[Context] | None = None
+        self._delivering: Token[DeliveryMark | None] | None = None
 
     def __enter__(self) -> None:
         session = self._session
@@ -96,13 +97,14 @@ class _Delivery:
             if self._attempt > 1:
                 Metrics.count(metrics.redelivered, (self._signal,))
             parent = remote_context(self._headers)
-            self._span = span = session.tracer.start_span(
+            self._mark.span = span = session.tracer.start_span(
                 f"deliver {self._signal}",
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 attributes={"asignals.signal": self._signal, "asignals.attempt": self._attempt},
             )
             self._token = otel_context.attach(trace.set_span_in_context(span, parent))
+            self._delivering = delivering.set(self._mark)
         except Exception:
             session.failed("starting a delivery span")
 
@@ -112,15 +114,22 @@ class _Delivery:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._delivering is not None:
+            delivering.reset(self._delivering)
         if self._token is not None:
             otel_context.detach(self._token)
-        span = self._span
+        span = self._mark.span
         if span is None:
             return
         try:
             if isinstance(exc, Exception):
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"delivering {self._signal} failed"))
+            elif self._mark.failures:
+                failures = self._mark.failures
+                span.set_status(
+                    Status(StatusCode.ERROR, f"{failures} receiver(s) of {self._signal} raised")
+                )
             span.end()
         except Exception:
             self._session.failed("ending a delivery span")

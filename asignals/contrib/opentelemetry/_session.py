@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -58,6 +58,20 @@ class SignalInfo:
             found = {"asignals.signal": self.name, "asignals.receiver": receiver}
             self.receivers[receiver] = found
         return found
+
+
+class DeliveryMark:
+    """The span of the remote delivery running in this context, and its receivers' failures."""
+
+    __slots__ = ("failures", "span")
+
+    def __init__(self) -> None:
+        self.span: Span | None = None
+        self.failures = 0
+
+
+#: Set by the bridge hook around the local send of a remote event.
+delivering: ContextVar[DeliveryMark | None] = ContextVar("asignals_otel_delivering", default=None)
 
 
 class Session:
@@ -218,9 +232,20 @@ class Session:
                     span.set_status(
                         Status(StatusCode.ERROR, f"{failures} receiver(s) of {info.name} raised")
                     )
+                    self._fail_delivery(span, failures)
             span.end()
         except Exception:
             self.failed("ending a send span")
+
+    @staticmethod
+    def _fail_delivery(span: Span, failures: int) -> None:
+        """A failing local send of a remote event puts its delivery span in error too."""
+        delivery = delivering.get()
+        if delivery is None or delivery.span is None:
+            return
+        parent = getattr(span, "parent", None)  # the SDK's spans know their parent
+        if parent is not None and parent.span_id == delivery.span.get_span_context().span_id:
+            delivery.failures += failures
 
     def _receiver_spans(self, info: SignalInfo, span: Span, timings: list[Timing]) -> None:
         parent = trace.set_span_in_context(span)
