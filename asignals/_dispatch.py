@@ -1,7 +1,25 @@
-"""How a send runs the receivers that need awaiting.
+"""How a send runs the receivers that need awaiting. Private: nothing here knows AsyncSignal.
 
-``AsyncSignal.send`` runs sync receivers itself and calls :func:`run` with the rest of its
-rows as soon as one receiver needs awaiting.
+``AsyncSignal.send``/``send_robust`` (both ``AsyncSignal._send``) run sync receivers
+themselves and call :func:`run` with the rest of their rows as soon as one receiver needs
+awaiting, or with all of them when dispatch options are set. The entry point, for
+instrumentation too (``asignals.contrib.opentelemetry`` times receivers through it)::
+
+    await run(signal, rows, start, results, named, robust,
+              concurrent=True, timeout=None, max_concurrency=None) -> results
+
+- ``signal``: only used in messages (``repr``) and logs;
+- ``rows``: ``(getter, mode, entry)`` tuples (:data:`asignals._receivers.Row`): ``getter()`` is
+  the receiver or None once collected, ``mode`` ``INLINE``/``ASYNC``/``THREAD``, ``entry.name``
+  its readable name. A row whose getter returns a wrapper of the receiver runs the wrapper;
+- ``start``: the first row to run; ``results``: the ``(receiver, result)`` pairs of the rows
+  before it, extended in place and returned in connection order;
+- ``named``: the keyword arguments every receiver gets, ``signal`` and ``sender`` included;
+- ``robust``: ``send_robust``'s handling (log with :func:`log_failure`, return the exception)
+  instead of ``send``'s (raise :func:`group` of every failure).
+
+A receiver's failure outside a batch goes through :func:`failed`; one past its ``timeout`` is
+a :class:`ReceiverTimeout`.
 
 The default strategy is built around one observation: most async receivers finish without
 ever suspending, and a task per receiver (``gather``, a TaskGroup, even an eager task) costs
@@ -26,6 +44,10 @@ Failure semantics are ``asyncio.TaskGroup``'s everywhere: the first failure canc
 receivers still running, and every failure is raised together in an ``ExceptionGroup``.
 """
 
+# Receivers and their results are Any by nature here, and pyright's strict mode reports
+# ``type(value)`` of an Any as partially unknown: these two rules only repeat that.
+# pyright: reportUnknownArgumentType=false, reportUnknownVariableType=false
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +57,7 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -63,7 +85,7 @@ def _start_task(
     if _EAGER:
         # The task's first step runs now, inside the task (as with eager_task_factory, but
         # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
     return loop.create_task(coro, context=context)
 
 
@@ -240,13 +262,21 @@ class _Batch:
         except asyncio.CancelledError:
             self.results[slot] = (fn, None)
         except Exception as error:
-            if not self.robust:
-                self.fail(error)
-                return
-            log_failure(self.signal, entry, self.named["sender"], error)
-            self.results[slot] = (fn, error)
+            self.results[slot] = (fn, self.caught(entry, error))
         except BaseException as error:
             self.fail(error)
+
+    def caught(self, entry: _Entry, error: Exception) -> Any:
+        """A receiver of the batch raised ``error``; return what goes in its slot.
+
+        ``send_robust`` logs it and returns it; ``send`` keeps it for the group and cancels
+        the receivers still running (the slot's value no longer matters).
+        """
+        if self.robust:
+            log_failure(self.signal, entry, self.named["sender"], error)
+            return error
+        self.fail(error)
+        return None
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
         slot, fn, entry = self.tasks.pop(task)
@@ -255,9 +285,18 @@ class _Batch:
             self.waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
+        """Keep ``error`` for the group; the first one cancels the others.
+
+        On trio they are cancelled through the task group, whose scope respects shields and
+        whose own ``ExceptionGroup`` never sees a receiver's exception: ``send`` raises the same
+        group on every loop.
+        """
         self.failures.append(error)
         if len(self.failures) == 1:
-            self.cancel_all()
+            if self.task_group is not None:
+                self.task_group.cancel_scope.cancel()
+            else:
+                self.cancel_all()
 
     def cancel_all(self) -> None:
         """Cancel every receiver still running, as AnyIO would: never through a shield.
@@ -284,16 +323,6 @@ class _Batch:
         if retry and self.loop is not None:
             self.loop.call_soon(self.cancel_all)
 
-    def fail_trio(self, error: Exception) -> None:
-        """trio: keep ``error`` for the group and cancel the others through the task group.
-
-        The group's scope respects shields, and its ``ExceptionGroup`` never sees a receiver's
-        exception, so ``send`` raises the same group on every loop.
-        """
-        self.failures.append(error)
-        assert self.task_group is not None
-        self.task_group.cancel_scope.cancel()
-
     async def wait(self) -> None:
         """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
         cancelled: asyncio.CancelledError | None = None
@@ -312,15 +341,9 @@ class _Batch:
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
     """A trio task for one receiver (asyncio tasks run the receiver's coroutine directly)."""
     try:
-        value = _call(fn, mode, batch.named, None)
-        if value is not None and hasattr(type(value), "__await__"):
-            value = await value
+        value = await _invoke(fn, mode, batch.named, None, entry)
     except Exception as exc:
-        if not batch.robust:
-            batch.fail_trio(exc)
-            return
-        log_failure(batch.signal, entry, batch.named["sender"], exc)
-        value = exc
+        value = batch.caught(entry, exc)
     batch.results[slot] = (fn, value)
 
 
@@ -352,16 +375,14 @@ def _split(batch: _Batch) -> None:
             task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared.context)
             continue
         try:
-            value = _call(fn, mode, named, None)  # a sync one runs inline, in the caller's context
+            value: Any = _call(
+                fn, mode, named, None
+            )  # a sync one runs inline, in the caller's context
             if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
                 results.append((fn, value))
                 continue
         except Exception as exc:
-            if not batch.robust:
-                batch.fail(exc)
-                return
-            log_failure(batch.signal, entry, named["sender"], exc)
-            results.append((fn, exc))
+            results.append((fn, batch.caught(entry, exc)))
             continue
         slot = len(results)
         results.append(_PENDING)
@@ -381,10 +402,12 @@ async def _wrap(awaitable: Awaitable[Any]) -> Any:
 
 
 def _as_coroutine(value: Any) -> Coroutine[Any, Any, Any]:
-    return value if type(value) is _COROUTINE else _wrap(value)
+    if type(value) is _COROUTINE:
+        coroutine: Coroutine[Any, Any, Any] = value
+        return coroutine
+    return _wrap(value)
 
 
-@types.coroutine
 def _drive(batch: _Batch) -> Generator[Any, Any, None]:
     """Run the batch's receivers in order, storing results in their slots.
 
@@ -401,6 +424,7 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
         fn = get()
         if fn is None:
             continue
+        value: Any
         try:
             if mode == ASYNC:
                 value = fn(**named)
@@ -413,7 +437,7 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             else:
                 value = fn(**named)
                 if value is not None and hasattr(type(value), "__await__"):
-                    value = yield from _as_coroutine(value)
+                    value = yield from _as_coroutine(value)  # type: ignore[misc]
         except Exception as exc:
             if not batch.robust:
                 raise
@@ -425,6 +449,11 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
             # This receiver suspended, and _split started every one after it meanwhile.
             results[batch.held] = (fn, value)
             return
+
+
+if not TYPE_CHECKING:  # a coroutine to the interpreter (it yields from coroutines), a
+    # generator to the type checkers (it is stepped by hand)
+    _drive = types.coroutine(_drive)
 
 
 @types.coroutine
@@ -453,7 +482,7 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
         value = context.run(coro.send, None)
     except StopIteration as stop:
         return stop.value
-    return await _resume(coro, value, context)  # type: ignore[arg-type]
+    return await _resume(coro, value, context)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
 async def run(
@@ -555,7 +584,7 @@ async def _run_trio(batch: _Batch) -> Results:
                 try:
                     await _resume(driver, value, None)
                 except Exception as exc:
-                    batch.fail_trio(exc)
+                    batch.fail(exc)
     finally:
         if prepared:
             batch.shared.restore()  # after the group: its tasks have all finished
@@ -580,6 +609,16 @@ def _call(fn: Any, mode: int, named: dict[str, Any], timeout: float | None) -> A
     return fn(**named)
 
 
+async def _invoke(
+    fn: Any, mode: int, named: dict[str, Any], timeout: float | None, entry: _Entry
+) -> Any:
+    """The per-receiver step outside the driver: call it, await what it returned (bounded)."""
+    value = _call(fn, mode, named, timeout)
+    if value is not None and hasattr(type(value), "__await__"):
+        value = await _bounded(value, timeout, entry)
+    return value
+
+
 async def _run_sequential(
     signal: object,
     rows: tuple[Row, ...],
@@ -594,9 +633,7 @@ async def _run_sequential(
         if fn is None:
             continue
         try:
-            value = _call(fn, mode, named, timeout)
-            if value is not None and hasattr(type(value), "__await__"):
-                value = await _bounded(value, timeout, entry)
+            value = await _invoke(fn, mode, named, timeout, entry)
         except Exception as exc:
             value = failed(signal, entry, named["sender"], exc, robust)
         results.append((fn, value))

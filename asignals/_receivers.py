@@ -48,7 +48,7 @@ def describe(fn: Any) -> str:
     if isinstance(name, str):
         module = getattr(fn, "__module__", None)
         return f"{module}.{name}" if isinstance(module, str) else name
-    cls = type(fn)
+    cls: type[Any] = type(fn)  # pyright: ignore[reportUnknownVariableType]
     return f"{cls.__module__}.{cls.__qualname__} instance"
 
 
@@ -91,7 +91,7 @@ def check_receiver(fn: Any, owner: object, names: frozenset[str] | None) -> None
             f"signal receiver {describe(fn)} must accept keyword arguments (**kwargs): "
             f"a send passes signal=, sender= and the send's own keyword arguments"
         )
-    passed = {"signal", "sender"} | (names or set())
+    passed: set[str] = {"signal", "sender", *(names or ())}
     for index, p in enumerate(params):
         if p.default is not inspect.Parameter.empty or p.kind in (
             inspect.Parameter.VAR_KEYWORD,
@@ -127,7 +127,8 @@ def sender_key(sender: Any) -> Hashable:
     if sender is None:
         return None
     if type(sender) in VALUE_SENDER_TYPES:
-        return ("value", type(sender), sender)
+        kind: type[Any] = type(sender)  # pyright: ignore[reportUnknownVariableType]
+        return ("value", kind, sender)
     return ("id", id(sender))
 
 
@@ -233,7 +234,7 @@ class _Entry:
                 if isinstance(fn, types.MethodType):
                     self.target = weakref.WeakMethod(fn, callback)
                 elif isinstance(fn, functools.partial):
-                    self.target = _PartialRef(fn, callback)
+                    self.target = _PartialRef(fn, callback)  # pyright: ignore[reportUnknownArgumentType]
                     self.warn = not isinstance(fn.func, types.MethodType)
                 else:
                     self.target = weakref.ref(fn, callback)
@@ -245,7 +246,8 @@ class _Entry:
                 pass
         # What the send loop calls to get the receiver: the weak reference itself, or for a
         # strong one a C-level callable returning it, so the loop needs no weak/strong branch.
-        self.getter: Callable[[], Any] = self.target if self.weak else itertools.repeat(fn).__next__
+        strong: Callable[[], Any] = itertools.repeat(fn).__next__  # pyright: ignore[reportUnknownArgumentType]
+        self.getter: Callable[[], Any] = self.target if self.weak else strong
         # The sender: None for any; by value for str/bytes/int; otherwise by identity,
         # through a weak reference where the sender allows one.
         self.sender_value: Any = None

@@ -24,7 +24,7 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterable
 from contextlib import contextmanager
 from typing import Any, Final, Generic, overload
 
@@ -223,7 +223,7 @@ class _Spec:
         unknown = [] if self.open else sorted(keys - self.allowed)
         if not missing and not unknown:
             return
-        parts = []
+        parts: list[str] = []
         if missing:
             parts.append("missing " + ", ".join(repr(k) for k in missing))
         if unknown:
@@ -445,7 +445,7 @@ class AsyncSignal(Generic[P, R]):
             sender = None
         key = self._key(receiver, sender, dispatch_uid)
         with self._lock:
-            kept = []
+            kept: list[_Entry] = []
             found = False
             for e in self._entries:
                 if not e.alive():
@@ -473,7 +473,9 @@ class AsyncSignal(Generic[P, R]):
         # that already holds the old dict cannot write stale rows into the new one.
         self._entries = entries
         self._values = frozenset(
-            (type(e.sender_value), e.sender_value) for e in entries if e.sender_value is not None
+            (type(e.sender_value), e.sender_value)  # pyright: ignore[reportUnknownArgumentType]
+            for e in entries
+            if e.sender_value is not None
         )
         self._dead = False
         self._reset_caches()
@@ -534,7 +536,7 @@ class AsyncSignal(Generic[P, R]):
 
     def receivers_for(self, sender: Any) -> list[Callable[..., Any]]:
         """The live receivers a send from ``sender`` would call, in connection order."""
-        receivers = []
+        receivers: list[Callable[..., Any]] = []
         for e in self._entries:
             if e.listens_to(sender) and e.alive():
                 receivers.append(e.resolve())
@@ -592,12 +594,12 @@ class AsyncSignal(Generic[P, R]):
             sender, options = _parse_call(self, "send_robust" if robust else "send", args, named)
         names = self._names
         if names is not None and named.keys() != names:
-            self._spec.check(self, named)  # type: ignore[union-attr]
+            self._check(named)
         if self._waiters:
             self._offer(sender, named)
         if self._silent:
             return []
-        cls = type(sender)
+        cls = type(sender)  # pyright: ignore[reportUnknownVariableType]
         if cls is str or cls is int or cls is bytes:
             rows = self._value_cache.get(sender)
         else:
@@ -626,13 +628,19 @@ class AsyncSignal(Generic[P, R]):
                     result = await fn(**named)
                 else:
                     result = fn(**named)
-                    if result is not None and hasattr(type(result), "__await__"):
+                    if result is not None and hasattr(type(result), "__await__"):  # pyright: ignore[reportUnknownArgumentType]
                         result = await result
             except Exception as exc:
                 result = _dispatch.failed(self, entry, sender, exc, robust)
             results.append((fn, result))
             index += 1
         return results
+
+    def _check(self, named: dict[str, Any]) -> None:
+        # A typed send whose keyword names are not exactly the spec's: optional ones left
+        # out (fine) or a mistake (TypeError). Off the hot path.
+        assert self._spec is not None
+        self._spec.check(self, named)
 
     def _arguments(self, method: str, args: tuple[Any, ...], named: dict[str, Any]) -> Any:
         """The sender of a background send, its keyword arguments checked (and ``named`` too)."""
@@ -701,7 +709,7 @@ class AsyncSignal(Generic[P, R]):
     @contextmanager
     def connected_to(
         self, receiver: Callable[P, R | Awaitable[R]], sender: Any = None
-    ) -> Iterator[Callable[P, R | Awaitable[R]]]:
+    ) -> Generator[Callable[P, R | Awaitable[R]], None, None]:
         """Connect ``receiver`` (strongly) for the ``with`` block only.
 
         If it was already connected for that sender, it stays connected afterwards.
@@ -714,7 +722,7 @@ class AsyncSignal(Generic[P, R]):
                 self.disconnect(receiver, sender=sender)
 
     @contextmanager
-    def muted(self) -> Iterator[None]:
+    def muted(self) -> Generator[None, None, None]:
         """Make every send of this signal a no-op returning ``[]`` for the ``with`` block."""
         with self._lock:
             self._muted += 1

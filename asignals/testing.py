@@ -59,7 +59,7 @@ class SentSignal:
     results: list[tuple[Any, Any]] | None
     error: BaseException | None = None
     robust: bool = False
-    receivers: list[str] = field(default_factory=list)
+    receivers: list[str] = field(default_factory=list[str])
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())

@@ -36,7 +36,7 @@ def prepare(
         sender, options = _parse_call(signal, method, args, named)
     names = signal._names
     if names is not None and named.keys() != names:
-        signal._spec.check(signal, named)  # type: ignore[union-attr]
+        signal._check(named)
     if signal._waiters:
         signal._offer(sender, named)
     if signal._silent:
