@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -119,6 +120,8 @@ class BridgeKit:
     """
 
     name = ""
+    #: The broker stores a re-published message (same bytes) once (JetStream's Nats-Msg-Id).
+    stores_repeats_once = False
 
     def make(self) -> Any:
         """A new, unopened transport (one per Bridge)."""
@@ -205,8 +208,113 @@ def _redis_kit() -> BridgeKit:
     return RedisKit(REDIS_URL)
 
 
+# -- JetStream and InMemory transports --------------------------------------------------------
+
+NATS_URL = os.environ.get("ASIGNALS_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture
+def nats_url() -> str:
+    """The URL of the real NATS server (JetStream enabled); fails the test when it is down."""
+    _require("NATS", NATS_URL, 4222)
+    return NATS_URL
+
+
+class JetStreamKit(BridgeKit):
+    name = "jetstream"
+    stores_repeats_once = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.streams: set[str] = set()
+
+    def make(self) -> Any:
+        from asignals.bridge import JetStream
+
+        return _TrackingJetStream(self, JetStream(self.url, block=0.2))
+
+    async def _client(self) -> Any:
+        import nats
+
+        return await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=0)
+
+    async def inject(self, stream: str, data: bytes) -> None:
+        # A foreign writer: no Nats-Msg-Id, so equal payloads are stored twice.
+        transport = self.make()
+        await transport.open(stream)  # creates the stream
+        await transport.close()
+        client = await self._client()
+        try:
+            await client.jetstream().publish(stream, data)
+        finally:
+            await client.close()
+
+    async def dead_letters(self, bridge: Any) -> list[Any]:
+        import nats.js.errors
+
+        from asignals.bridge import DeadLetter
+
+        client = await self._client()
+        js = client.jetstream()
+        name = f"{bridge.stream}:dead"
+        letters = []
+        try:
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                return []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg(name, seq)
+                letters.append(DeadLetter(msg.data or b"", dict(msg.headers or {})))
+        finally:
+            await client.close()
+        return letters
+
+    async def cleanup(self) -> None:
+        import nats.js.errors
+
+        if not self.streams:
+            return
+        client = await self._client()
+        js = client.jetstream()
+        try:
+            for stream in self.streams:
+                for name in (stream, f"{stream}:dead"):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await js.delete_stream(name)
+        finally:
+            await client.close()
+
+
+class _TrackingJetStream(_TrackingRedis):
+    """A JetStream transport that records the streams it opened, for cleanup."""
+
+
+class InMemoryKit(BridgeKit):
+    name = "memory"
+
+    def make(self) -> Any:
+        from asignals.bridge import InMemory
+
+        return InMemory(block=0.2)
+
+    async def cleanup(self) -> None:
+        from asignals.bridge import InMemory
+
+        InMemory.reset()
+
+
+def _jetstream_kit() -> BridgeKit:
+    _require("NATS", NATS_URL, 4222)
+    return JetStreamKit(NATS_URL)
+
+
 #: name -> factory of a BridgeKit (the factory checks its server is up).
-BRIDGE_TRANSPORTS: dict[str, Any] = {"redis": _redis_kit}
+BRIDGE_TRANSPORTS: dict[str, Any] = {
+    "redis": _redis_kit,
+    "jetstream": _jetstream_kit,
+    "memory": InMemoryKit,
+}
 
 
 @pytest.fixture(params=list(BRIDGE_TRANSPORTS))

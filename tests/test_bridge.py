@@ -424,13 +424,14 @@ async def test_outbox_port_encodes_then_publishes_the_same_bytes(
     async with sender_bridge, receiver_bridge:
         await sender_bridge.publish_encoded(encoded.data)
         await sender_bridge.publish_encoded(encoded.data)  # a relay's retry: same id twice
-        await eventually(lambda: len(got) == 2)
+        copies = 1 if transport.stores_repeats_once else 2
+        await eventually(lambda: len(got) == copies)
         with pytest.raises(DecodeError, match="not valid JSON"):
             await sender_bridge.publish_encoded(b"garbage")
         with pytest.raises(DecodeError, match="unknown signal 'secret'"):
             await sender_bridge.publish_encoded(envelope(signal="secret"))
         await sender_bridge.dead_letter_encoded(b"garbage", "outbox row undecodable")
-    assert got == [(Order, Decimal("5"))] * 2
+    assert got == [(Order, Decimal("5"))] * copies
     dead = await transport.dead_letters(sender_bridge)
     assert [(d.message, d.reason) for d in dead] == [(b"garbage", "outbox row undecodable")]
 

@@ -2,7 +2,8 @@
 
 ``Bridge(transport, stream=..., mode=..., signals=[...], senders={...})`` does everything that
 does not depend on the broker; a transport moves the bytes: :class:`RedisStreams` (Redis
-Streams, ``pip install "asyncsignals[redis]"``), and the others listed in ``__all__``. The
+Streams, ``pip install "asyncsignals[redis]"``), :class:`JetStream` (NATS JetStream,
+``pip install "asyncsignals[nats]"``) and :class:`InMemory` (one process, for tests). The
 transports are imported on first use, so ``import asignals.bridge`` needs no client library.
 """
 
@@ -19,6 +20,8 @@ from ._publisher import PublishError
 from ._transport import DeadLetter, Delivery, Subscription, Transport, Unavailable
 
 if TYPE_CHECKING:
+    from .jetstream import JetStream
+    from .memory import InMemory
     from .redis import RedisStreams
 
 __all__ = [
@@ -29,6 +32,8 @@ __all__ = [
     "Delivery",
     "EncodeError",
     "Encoded",
+    "InMemory",
+    "JetStream",
     "JsonCodec",
     "Mode",
     "PublishError",
@@ -41,6 +46,8 @@ __all__ = [
 #: Transports by class name -> the submodule defining it (imported when first used).
 _TRANSPORTS = {
     "RedisStreams": "redis",
+    "JetStream": "jetstream",
+    "InMemory": "memory",
 }
 
 

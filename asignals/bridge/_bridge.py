@@ -512,6 +512,7 @@ class Bridge:
                         group=self.group,
                         consumer=self.consumer,
                         claim_idle=self._claim_idle,
+                        max_attempts=self._max_attempts,
                     )
                     self._ready.set()
                 # Shared mode takes one event at a time: what is fetched is being worked on,

@@ -173,7 +173,8 @@ class Publisher:
             # than its deadline anyway (the timer fails it), so neither does the write.
             limit = max(0.05, batch[-1].deadline - loop.time())
             try:
-                await asyncio.wait_for(self._transport.publish([p.data for p in batch]), limit)
+                async with asyncio.timeout(limit):
+                    await self._transport.publish([p.data for p in batch])
             except (Unavailable, TimeoutError) as exc:
                 if not self._backoff.failing:
                     logger.warning("cannot publish to %r, retrying: %r", self._stream, exc)

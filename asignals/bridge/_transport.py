@@ -24,7 +24,8 @@ Dead letters
     the Bridge) somewhere an operator can read it: ``<stream>:dead`` or the broker's equivalent.
 
 Receiving
-    ``await subscribe(mode=..., group=..., consumer=..., claim_idle=...)`` returns a
+    ``await subscribe(mode=..., group=..., consumer=..., claim_idle=..., max_attempts=...)``
+    returns a
     :class:`Subscription`, positioned so that every message published after it returned is
     fetched. ``mode`` is ``"broadcast"`` (every subscription gets every message, no
     acknowledgements) or ``"shared"`` (one subscription of ``group`` gets each message; the
@@ -34,7 +35,10 @@ Receiving
     Bridge cancels a pending ``fetch`` to stop. Shared mode, in this order: this consumer's own
     unacknowledged messages (a restarted worker of the same name), messages whose worker went
     quiet for ``claim_idle`` seconds (neither acked nor extended: it died or its loop is
-    stuck), messages due for retry, new messages. ``count`` is only what the Bridge can start
+    stuck), messages due for retry, new messages. The Bridge dead-letters a message on its
+    ``max_attempts``-th failed delivery, or on delivery ``max_attempts + 1`` (the last
+    attempt's worker died); a broker that caps redeliveries (JetStream's ``max_deliver``) caps
+    them there. ``count`` is only what the Bridge can start
     now: a transport must not hold back more than it returns (held messages would look busy
     to the rest of the group).
 
@@ -137,6 +141,12 @@ class Transport(Protocol):
         """Store ``message`` with ``provenance`` where operators look for dead letters."""
 
     async def subscribe(
-        self, *, mode: ReadMode, group: str | None, consumer: str, claim_idle: float
+        self,
+        *,
+        mode: ReadMode,
+        group: str | None,
+        consumer: str,
+        claim_idle: float,
+        max_attempts: int,
     ) -> Subscription:
         """Start reading at the tail (broadcast) or as ``consumer`` of ``group`` (shared)."""

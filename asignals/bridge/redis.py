@@ -160,7 +160,13 @@ class RedisStreams:
         )
 
     async def subscribe(
-        self, *, mode: ReadMode, group: str | None, consumer: str, claim_idle: float
+        self,
+        *,
+        mode: ReadMode,
+        group: str | None,
+        consumer: str,
+        claim_idle: float,
+        max_attempts: int,
     ) -> Subscription:
         if mode == "broadcast":
             tail = await _call(self.client.xrevrange(self.stream, count=1))
