@@ -7,6 +7,11 @@ request that made it: ``order_placed`` (awaited in the request, its receivers re
 ``opentelemetry-instrumentation-asgi``; the slow email receiver gets a span of its own; an
 order out of stock makes an error span with the exception.
 
+``order_placed`` also goes over a bridge to a shipping service: here a second bridge in the
+same process, on the in-memory transport; with ``RedisStreams`` or ``JetStream`` and a real
+second process the trace is the same. Its delivery is a CONSUMER span, child of the send
+that published the event, so the shipping work is part of the request's trace.
+
 Spans go to the console exporter (one line each, as they end), then the script prints the
 trace trees. Run it from the repository root::
 
@@ -33,6 +38,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from asignals import AsyncSignal
+from asignals.bridge import Bridge, InMemory, JsonCodec
 from asignals.contrib import opentelemetry as otel
 
 # The orders service, with a short email delay and an outbox of its own.
@@ -109,6 +116,9 @@ def waterfall(traces: list[list[tuple[int, ReadableSpan]]], path: Path) -> None:
         "remote delivery (CONSUMER)": "#8172b2",
         "error": "#c44e52",
     }
+    widest = max(
+        3 * depth + len(span.name.split(".")[-1]) for rows in traces for depth, span in rows
+    )
     for ax, rows in zip(axes[:, 0], traces, strict=True):
         origin = start(rows[0][1])
         total = max((span.end_time or 0) - origin for _, span in rows) / 1e6
@@ -133,12 +143,14 @@ def waterfall(traces: list[list[tuple[int, ReadableSpan]]], path: Path) -> None:
                 fontsize=8,
                 color="#444",
             )
+        labels = [
+            ("   " * (depth - 1) + "└─ " if depth else "") + span.name.split(".")[-1]
+            for depth, span in rows
+        ]
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels(
-            ["    " * depth + span.name.split(".")[-1] for depth, span in rows],
-            fontsize=9,
-            family="monospace",
-        )
+        ax.set_yticklabels(labels, fontsize=9, family="monospace", ha="left")
+        # Left-aligned, so that the indentation shows the tree: pad by the longest label.
+        ax.tick_params(axis="y", pad=6 + 5.5 * widest)
         ax.invert_yaxis()
         ax.set_xlabel("ms since the request started")
         root = rows[0][1]
@@ -160,10 +172,42 @@ def waterfall(traces: list[list[tuple[int, ReadableSpan]]], path: Path) -> None:
     print(f"waterfall written to {path}")
 
 
+# -- the shipping service: another process in production, a second bridge here -----------
+
+codec = JsonCodec()
+codec.register(orders.Order, name="Order")
+shipping_order_placed = AsyncSignal(name="order_placed")  # the same signal, seen from shipping
+shipped = asyncio.Event()
+
+
+async def ship(sender: type[orders.Order], order: orders.Order, **kwargs: object) -> None:
+    await asyncio.sleep(0.02)  # book the courier
+    shipped.set()
+
+
+shipping_order_placed.connect(ship, sender=orders.Order)
+
+
+def bridges() -> tuple[Bridge, Bridge]:
+    senders = {"Order": orders.Order}
+    publisher = Bridge(
+        InMemory(), stream="orders", mode="publish", signals=[orders.order_placed],
+        senders=senders, codec=codec,
+    )  # fmt: skip
+    shipping = Bridge(
+        InMemory(), stream="orders", mode="shared", group="shipping",
+        signals=[shipping_order_placed], senders=senders, codec=codec,
+    )  # fmt: skip
+    return publisher, shipping
+
+
 async def place_orders(app: object) -> None:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+    publisher, shipping = bridges()
     async with (
         orders.app.router.lifespan_context(orders.app),
+        publisher,
+        shipping,
         httpx.AsyncClient(transport=transport, base_url="http://orders") as client,
     ):
         for item, quantity in [("widget", 2), ("gadget", 5)]:
@@ -172,6 +216,7 @@ async def place_orders(app: object) -> None:
                 "/orders", json={"item": item, "quantity": quantity, "email": email}
             )
             print(f"POST /orders {item} x{quantity} -> {r.status_code}")
+        await asyncio.wait_for(shipped.wait(), 10)
     # Leaving the lifespan drained the dispatcher: the background email has been sent.
 
 

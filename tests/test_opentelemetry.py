@@ -674,8 +674,10 @@ def test_the_tracing_example_prints_one_trace_per_request() -> None:
     [ok, refused] = out.split("\ntrace ")[1:]
     assert "send order_placed" in ok and "send order_confirmed" in ok
     assert "fastapi_app.send_confirmation_email" in ok  # slow: it has its own span
+    assert "deliver order_placed" in ok  # the shipping side of the bridge, in the same trace
     assert "send order_placed" in refused and "ERROR" in refused
     assert "send order_confirmed" not in refused  # no email for a refused order
+    assert "deliver order_placed" not in refused  # nor shipping
 
 
 # -- across processes: the bridge carries the trace ---------------------------------------
