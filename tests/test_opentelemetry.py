@@ -293,6 +293,29 @@ async def test_dispatch_options_still_apply(telemetry: Telemetry) -> None:
     assert await sig.send(sender=None) == [(first, None), (second, None)]
 
 
+@asignals.signal
+def order_paid(sender: str, *, amount: int) -> None:
+    """A typed signal: its keyword names are checked on every send."""
+
+
+async def test_typed_checks_and_wait_for_still_apply(telemetry: Telemetry) -> None:
+    telemetry.instrument()
+    with order_paid.connected_to(fast):
+        with pytest.raises(TypeError, match="unexpected 'amout'"):
+            await order_paid.send("shop", amout=3)  # type: ignore[call-arg]
+        seen: list[dict[str, Any]] = []
+
+        async def wait() -> None:
+            seen.append(await order_paid.wait_for("shop", timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            assert await order_paid.send_robust("shop", amount=3) == [(fast, "fast")]
+    assert seen == [{"amount": 3}]
+    assert telemetry.names() == ["send order_paid"]
+
+
 async def test_sends_reaching_no_receiver_and_unselected_signals_record_nothing(
     telemetry: Telemetry,
 ) -> None:
