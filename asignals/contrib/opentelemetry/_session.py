@@ -12,9 +12,9 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ._core import AsyncSignal, Options, Row, run
+from ._core import ASYNC, AsyncSignal, Row, prepare, run
 from ._metrics import Metrics
-from ._timing import Timing, timed
+from ._timing import Async, Sync, Timing
 
 logger = logging.getLogger("asignals.opentelemetry")
 
@@ -117,10 +117,14 @@ class Session:
         return selected is None or signal in selected
 
     def info(self, signal: AsyncSignal[..., Any]) -> SignalInfo:
-        key = id(signal)
-        found = self._infos.get(key)
+        """What the spans and data points of ``signal`` share (cached while it lives)."""
+        found = self._infos.get(id(signal))
         if found is not None and found[0]() is signal:
             return found[1]
+        return self._info(signal)
+
+    def _info(self, signal: AsyncSignal[..., Any]) -> SignalInfo:
+        key = id(signal)
         info = SignalInfo(signal)
         infos = self._infos
         self._infos[key] = (weakref.ref(signal, lambda _ref: infos.pop(key, None)), info)
@@ -131,22 +135,32 @@ class Session:
     async def send(
         self,
         signal: AsyncSignal[..., Any],
-        sender: Any,
-        rows: tuple[Row, ...],
+        method: str,
+        args: tuple[Any, ...],
         named: dict[str, Any],
-        options: Options,
         robust: bool,
         background: bool,
     ) -> Results:
         """Run the send through the core's dispatch with timed receivers, inside its span."""
-        info = self.info(signal)
-        timings, rows = timed(rows)
+        prepared = prepare(signal, method, args, named)
+        if prepared is None:
+            return []
+        sender, rows, options = prepared
+        found = self._infos.get(id(signal))
+        info = found[1] if found is not None and found[0]() is signal else self._info(signal)
+        timings: list[Timing] = []
+        timed: list[Row] = []
+        for get, mode, entry in rows:
+            fn = get()
+            if fn is not None:
+                timing = Async(fn, entry) if mode == ASYNC else Sync(fn, entry)
+                timings.append(timing)
+                timed.append((timing.get, mode, entry))
         span: Span | None = None
         token: Token[Context] | None = None
         try:
             span = self.tracer.start_span(
                 info.span_name,
-                kind=SpanKind.INTERNAL,
                 attributes={
                     "asignals.signal": info.name,
                     "asignals.sender": sender_name(sender),
@@ -162,9 +176,9 @@ class Session:
             self.failed("starting a send span")
         try:
             if options is None:
-                results = await run(signal, rows, 0, [], named, robust)
+                results = await run(signal, tuple(timed), 0, [], named, robust)
             else:
-                results = await run(signal, rows, 0, [], named, robust, *options)
+                results = await run(signal, tuple(timed), 0, [], named, robust, *options)
         except BaseException as exc:
             if token is not None:
                 otel_context.detach(token)
@@ -206,12 +220,16 @@ class Session:
             )
         try:
             metrics = self.metrics
-            Metrics.count(metrics.sends, (info.name, background))
-            duration = metrics.duration
+            sends = metrics.sends
+            key = (info.name, background)
+            sends[key] = sends.get(key, 0) + 1
+            record = metrics.duration.record
+            receivers = info.receivers
             for timing in timings:
                 if timing.end:
-                    attributes = info.receiver_attributes(timing.entry.name)
-                    duration.record((timing.end - timing.start) / 1e9, attributes)
+                    name = timing.entry.name
+                    attributes = receivers.get(name) or info.receiver_attributes(name)
+                    record((timing.end - timing.start) / 1e9, attributes)
                     if timing.error is not None:
                         metrics.failures.add(1, attributes)
         except Exception:
@@ -248,12 +266,14 @@ class Session:
             delivery.failures += failures
 
     def _receiver_spans(self, info: SignalInfo, span: Span, timings: list[Timing]) -> None:
-        parent = trace.set_span_in_context(span)
         threshold = 0 if self.all_receivers else self.min_receiver_ns
         start_span = self.tracer.start_span
+        parent: Context | None = None
         for timing in timings:
             if not timing.end or (timing.end - timing.start < threshold and timing.error is None):
                 continue
+            if parent is None:
+                parent = trace.set_span_in_context(span)
             name = timing.entry.name
             child = start_span(
                 name,

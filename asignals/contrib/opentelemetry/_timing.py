@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Coroutine
 from time import time_ns
 from typing import Any
 
-from ._core import ASYNC, Row
-
 
 class Timing:
     """One receiver of one send: its start and end (epoch ns, 0 until then), its error, and
@@ -35,7 +33,7 @@ class Timing:
         return self
 
 
-class _Sync(Timing):
+class Sync(Timing):
     """A sync receiver (inline or in a thread); an awaitable it returns is timed to its end."""
 
     __slots__ = ()
@@ -70,7 +68,7 @@ class _Sync(Timing):
             self.end = time_ns()
 
 
-class _Async(Timing):
+class Async(Timing):
     """An async receiver: the coroutine the core runs times the receiver's own."""
 
     __slots__ = ()
@@ -90,17 +88,3 @@ class _Async(Timing):
             raise
         finally:
             self.end = time_ns()
-
-
-def timed(rows: tuple[Row, ...]) -> tuple[list[Timing], tuple[Row, ...]]:
-    """The live receivers of ``rows`` wrapped in timers, and rows for the core to run them."""
-    timings: list[Timing] = []
-    wrapped: list[Row] = []
-    for get, mode, entry in rows:
-        fn = get()
-        if fn is None:
-            continue
-        timing = _Async(fn, entry) if mode == ASYNC else _Sync(fn, entry)
-        timings.append(timing)
-        wrapped.append((timing.get, mode, entry))
-    return timings, tuple(wrapped)

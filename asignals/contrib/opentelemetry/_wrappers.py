@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
-from ._core import AsyncSignal, prepare
+from ._core import AsyncSignal
 from ._metrics import Metrics
 from ._session import Results, Session
 
@@ -50,29 +50,13 @@ def wrap_send(session: Session, original: Send, robust: bool) -> Send:
             return _background(session, original, self, args, named)
         if not session.traces(self):
             return original(self, *args, **named)
-        return _traced(session, self, method, args, named, robust, False)
+        return session.send(self, method, args, named, robust, False)
 
     send.__name__ = method
     send.__qualname__ = f"AsyncSignal.{method}"
     send.__doc__ = original.__doc__
     send.__wrapped__ = original  # type: ignore[attr-defined]
     return send
-
-
-async def _traced(
-    session: Session,
-    signal: AsyncSignal[..., Any],
-    method: str,
-    args: tuple[Any, ...],
-    named: dict[str, Any],
-    robust: bool,
-    background: bool,
-) -> Results:
-    prepared = prepare(signal, method, args, named)
-    if prepared is None:
-        return []
-    sender, rows, options = prepared
-    return await session.send(signal, sender, rows, named, options, robust, background)
 
 
 async def _background(
@@ -88,7 +72,7 @@ async def _background(
     name = session.info(signal).name
     try:
         if session.traces(signal):
-            results = await _traced(session, signal, "send_robust", args, named, True, True)
+            results = await session.send(signal, "send_robust", args, named, True, True)
         else:
             results = await original(signal, *args, **named)
         outcome = "completed"
