@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -225,6 +226,34 @@ async def test_receivers_all_and_none(telemetry: Telemetry) -> None:
     telemetry.instrument(receivers="none")
     await sig.send(None)
     assert telemetry.names() == ["send s"]
+
+
+async def test_thread_receivers_and_timeouts_have_their_spans(telemetry: Telemetry) -> None:
+    def blocking(**kwargs: Any) -> str:
+        time.sleep(0.01)  # in a worker thread
+        return "done"
+
+    async def stuck(**kwargs: Any) -> None:
+        await anyio.sleep(10)
+
+    sig = AsyncSignal(name="s")
+    sig.connect(blocking, weak=False, sync_to_thread=True)
+    sig.connect(stuck, weak=False)
+    telemetry.instrument()
+    results = await sig.send_robust(None, timeout=0.2)
+    assert [fn for fn, _ in results] == [blocking, stuck]
+    assert results[0][1] == "done" and isinstance(results[1][1], TimeoutError)
+    send = telemetry.span("send s")
+    assert (send.attributes or {})["asignals.failures"] == 1
+    assert send.status.status_code is StatusCode.ERROR
+    children = {c.name.rsplit(".", 1)[-1]: c for c in telemetry.children(send)}
+    assert set(children) == {"blocking", "stuck"}
+    assert children["blocking"].status.status_code is StatusCode.UNSET
+    assert children["stuck"].status.status_code is StatusCode.ERROR
+    assert (
+        telemetry.value("asignals.receiver.failures", signal="s", receiver=children["stuck"].name)
+        == 1
+    )
 
 
 async def test_min_receiver_ms_is_the_slow_threshold(telemetry: Telemetry) -> None:
