@@ -44,12 +44,11 @@ def sender_name(sender: Any) -> str:
 class SignalInfo:
     """What every span and data point of one signal shares, computed once."""
 
-    __slots__ = ("attributes", "name", "receivers", "span_name")
+    __slots__ = ("name", "receivers", "span_name")
 
     def __init__(self, signal: AsyncSignal[..., Any]) -> None:
         self.name = signal.name or _UNNAMED
         self.span_name = f"send {self.name}"
-        self.attributes = {"asignals.signal": self.name}
         self.receivers: dict[str, dict[str, str]] = {}
 
     def receiver_attributes(self, receiver: str) -> dict[str, str]:

@@ -89,6 +89,26 @@ async def _background(
         Metrics.count(metrics.finished, (name, outcome))
 
 
+class _Scheduling:
+    """Around one submit: the pending count, and the mark for the task it starts."""
+
+    __slots__ = ("_mark", "_metrics", "_token")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def __enter__(self) -> None:
+        self._mark = _Scheduled()
+        self._token = _scheduled.set(self._mark)
+        self._metrics.pending += 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self._metrics.pending -= 1  # refused: nothing was scheduled
+        self._mark.submitting = False
+        _scheduled.reset(self._token)
+
+
 def wrap_submit(session: Session, original: Submit) -> Submit:
     """``asignals.background.submit`` counting the pending send and marking its context."""
 
@@ -97,17 +117,8 @@ def wrap_submit(session: Session, original: Submit) -> Submit:
         if current is not None and current.submitting:
             original(signal, sender, kwargs)  # the hop to the loop of a submit from a thread
             return
-        mark = _Scheduled()
-        token = _scheduled.set(mark)
-        session.metrics.pending += 1
-        try:
+        with _Scheduling(session.metrics):
             original(signal, sender, kwargs)
-        except BaseException:
-            session.metrics.pending -= 1
-            raise
-        finally:
-            mark.submitting = False
-            _scheduled.reset(token)
 
     submit.__doc__ = original.__doc__
     submit.__wrapped__ = original  # type: ignore[attr-defined]
@@ -120,17 +131,8 @@ def wrap_submit_wait(session: Session, original: SubmitWait) -> SubmitWait:
     async def submit_wait(
         signal: AsyncSignal[..., Any], sender: Any, kwargs: dict[str, Any]
     ) -> None:
-        mark = _Scheduled()
-        token = _scheduled.set(mark)
-        session.metrics.pending += 1
-        try:
+        with _Scheduling(session.metrics):
             await original(signal, sender, kwargs)
-        except BaseException:
-            session.metrics.pending -= 1
-            raise
-        finally:
-            mark.submitting = False
-            _scheduled.reset(token)
 
     submit_wait.__doc__ = original.__doc__
     submit_wait.__wrapped__ = original  # type: ignore[attr-defined]
