@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterable
 from contextlib import contextmanager
-from typing import Any, Final, Generic, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, cast, overload
 
 import anyio
 from typing_extensions import ParamSpec, TypeVar
@@ -78,6 +78,15 @@ ANY: Final = _AnySender()
 _MISSING: Any = object()  # no sender given
 _DEFAULT: Any = object()  # dispatch option not given on this call: use the signal's
 _OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
+# How send_robust marks its call to the one send loop: no keyword argument can spell it.
+_ROBUST: Final = "\x00robust"
+# The keywords that take a send off its fast path.
+_SPECIAL: Final = RESERVED | {_ROBUST}
+# Results no receiver returns as an awaitable: the check costs a set lookup instead of an
+# attribute lookup on the result's type.
+# No send's keyword names equal it (_ROBUST is gone by then): sends take the slow path.
+_NEVER: Final = frozenset({_ROBUST})
+_NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
 
 
 class _IdCache(dict[int, tuple[Row, ...]]):
@@ -265,6 +274,119 @@ class _Waiter:
         self.event.set()
 
 
+async def _send(
+    self: AsyncSignal[..., Any], sender: Any = _MISSING, /, *args: Any, **named: Any
+) -> Results:
+    """Call every receiver for ``sender``; return ``[(receiver, result), ...]``.
+
+    ``await sig.send(sender, **kwargs)``. Sync receivers run inline, async ones
+    concurrently. If receivers raise, the still-running ones are cancelled and an
+    ``ExceptionGroup`` of every failure is raised, always a group (as
+    ``asyncio.TaskGroup`` does), named ``"N receiver(s) of <signal> raised"``.
+    Per-call options: ``concurrent``, ``timeout``, ``max_concurrency``.
+    """
+    # The one send loop, ``send_robust``'s too (it marks its call with _ROBUST, which
+    # takes the slow path below). ``named`` is the call's own ``**kwargs`` dict:
+    # receivers get their own copy of it (``**`` always copies), so ``signal`` and
+    # ``sender`` are put in it once per send.
+    options = None
+    robust = False
+    if sender is _MISSING or args or not _SPECIAL.isdisjoint(named):
+        robust = named.pop(_ROBUST, None) is True
+        method = "send_robust" if robust else "send"
+        given = args if sender is _MISSING else (sender, *args)
+        sender, options = _parse_call(self, method, given, named)
+    # None for an untyped signal nobody waits on; else the keyword names a typed send
+    # passes, or _NEVER while someone waits: anything else goes through _before().
+    names = self._names
+    if names is not None and named.keys() != names:
+        self._before(sender, named)
+    if self._silent:
+        return []
+    cls = type(sender)  # pyright: ignore[reportUnknownVariableType]
+    if cls is str or cls is int or cls is bytes:
+        rows = self._value_cache.get(sender)
+    else:
+        rows = self._id_cache.get(id(sender))
+    if rows is None:
+        rows = self._lookup(sender)
+    named["signal"] = self
+    named["sender"] = sender
+    if options is not None or self._options:
+        if options is None:
+            options = (self.concurrent, self.timeout, self.max_concurrency)
+        return await _dispatch.run(self, rows, 0, [], named, robust, *options)
+    results: Results = []
+    if not rows:
+        return results
+    last = rows[-1]
+    for row in rows:
+        get, mode, entry = row
+        fn = get()
+        if fn is None:
+            continue
+        if mode and (mode != ASYNC or row is not last):
+            start = rows.index(row)
+            return await _dispatch.run(self, rows, start, results, named, robust)
+        try:
+            if mode:
+                # The last receiver, and async: nothing after it could run concurrently,
+                # so it is awaited right here, at the cost of a plain await.
+                result = await fn(**named)
+            else:
+                result = fn(**named)
+                if (
+                    result is not None
+                    and type(result) not in _NOT_AWAITABLE
+                    and hasattr(type(result), "__await__")  # pyright: ignore[reportUnknownArgumentType]
+                ):
+                    result = await result
+        except Exception as exc:
+            result = _dispatch.failed(self, entry, sender, exc, robust)
+        results.append((fn, result))
+    return results
+
+
+def _prepare(  # pyright: ignore[reportUnusedFunction] - the instrumentation entry
+    signal: AsyncSignal[..., Any], method: str, args: tuple[Any, ...], named: dict[str, Any]
+) -> tuple[Any, tuple[Row, ...], tuple[bool, float | None, int | None] | None] | None:
+    """What :func:`_send` does before it runs receivers, for instrumentation that runs them.
+
+    ``asignals.contrib.opentelemetry`` times each receiver, so it runs the rows itself through
+    :func:`asignals._dispatch.run`. Returns ``(sender, rows, options)``, or None when the send
+    reaches nobody; raises what a send raises for bad arguments; leaves in ``named`` the
+    receivers' keyword arguments, ``signal`` and ``sender`` included. The same steps as the
+    start of :func:`_send`, which inlines them: it is the hot path. Keep the two in step.
+    """
+    named.pop(_ROBUST, None)
+    options = None
+    if len(args) == 1 and RESERVED.isdisjoint(named):
+        sender = args[0]
+    else:
+        sender, options = _parse_call(signal, method, args, named)
+    names = signal._names
+    if names is not None and named.keys() != names:
+        signal._before(sender, named)
+    if signal._silent:
+        return None
+    cls = type(sender)  # pyright: ignore[reportUnknownVariableType]
+    if cls is str or cls is int or cls is bytes:
+        rows = signal._value_cache.get(sender)
+    else:
+        rows = signal._id_cache.get(id(sender))
+    if rows is None:
+        rows = signal._lookup(sender)
+    named["signal"] = signal
+    named["sender"] = sender
+    if options is None and signal._options:
+        options = (signal.concurrent, signal.timeout, signal.max_concurrency)
+    return sender, rows, options
+
+
+_send.__name__ = "send"
+_send.__qualname__ = "AsyncSignal.send"
+
+
 class AsyncSignal(Generic[P, R]):
     """A signal that sync and async receivers connect to, Django style.
 
@@ -321,8 +443,8 @@ class AsyncSignal(Generic[P, R]):
         #: The spec function of a typed signal, or None: ``typing.get_type_hints(sig.spec)``
         #: gives the type of each keyword argument.
         self.spec: Callable[P, R] | None = spec
-        # The keyword names a typed send passes: compared in one step on the hot path.
-        self._names = None if self._spec is None else self._spec.allowed
+        # What the hot path compares a send's keyword names with (see _gate()).
+        self._names: frozenset[str] | None = None if self._spec is None else self._spec.allowed
         if spec is not None:
             if name is None:
                 name = getattr(spec, "__name__", None)
@@ -557,90 +679,48 @@ class AsyncSignal(Generic[P, R]):
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(
-        self, *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, list[tuple[Callable[..., Any], R]]]:
-        """Call every receiver for ``sender``; return ``[(receiver, result), ...]``.
+    if TYPE_CHECKING:
+        # What type checkers see. At run time ``send`` is :func:`_send` itself: its
+        # positional-only sender costs no tuple per call, and it is the one coroutine frame
+        # of a send (a typed wrapper awaiting it would be a second).
 
-        ``await sig.send(sender, **kwargs)``. Sync receivers run inline, async ones
-        concurrently. If receivers raise, the still-running ones are cancelled and an
-        ``ExceptionGroup`` of every failure is raised, always a group (as
-        ``asyncio.TaskGroup`` does), named ``"N receiver(s) of <signal> raised"``.
-        Per-call options: ``concurrent``, ``timeout``, ``max_concurrency``.
-        """
-        return self._send(args, kwargs, False)
+        async def send(
+            self, *args: P.args, **kwargs: P.kwargs
+        ) -> list[tuple[Callable[..., Any], R]]:
+            """Call every receiver for ``sender``; return ``[(receiver, result), ...]``."""
+            return await _send(self, *cast("tuple[Any, ...]", args), **kwargs)
+
+    else:
+        send = _send
 
     def send_robust(
         self, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, list[tuple[Callable[..., Any], R | Exception]]]:
         """Like :meth:`send`, but an ``Exception`` from a receiver is returned in its slot.
 
-        Each failure is logged on the ``asignals`` logger with the receiver named (a
-        ``timeout`` as one line); the other receivers carry on. Cancellation and other
-        ``BaseException``\\ s are never swallowed.
+        ``await sig.send_robust(sender, **kwargs)``. Each failure is logged on the
+        ``asignals`` logger with the receiver named (a ``timeout`` as one line); the other
+        receivers carry on. Cancellation and other ``BaseException``\\ s are never swallowed.
         """
-        return self._send(args, kwargs, True)
+        named: dict[str, Any] = kwargs
+        named[_ROBUST] = True
+        # The class's own send: instrumentation that wraps AsyncSignal.send or
+        # AsyncSignal.send_robust sees each send once.
+        return _send(self, *cast("tuple[Any, ...]", args), **named)
 
-    async def _send(self, args: tuple[Any, ...], named: dict[str, Any], robust: bool) -> Results:
-        """The one send loop, behind ``send`` (``robust=False``) and ``send_robust``.
+    def _before(self, sender: Any, named: dict[str, Any]) -> None:
+        """A send off the common path: check a typed send's names, hand it to waiters."""
+        if self._spec is not None:
+            self._spec.check(self, named)  # raises if a name is missing or unknown
+        for waiter in self._waiters:
+            waiter.offer(sender, named)
 
-        ``named`` is the call's own ``**kwargs`` dict: receivers get their own copy of it
-        (``**`` always copies), so ``signal`` and ``sender`` are put in it once per send.
-        """
-        options = None
-        if len(args) == 1 and RESERVED.isdisjoint(named):
-            sender = args[0]
-        else:
-            sender, options = _parse_call(self, "send_robust" if robust else "send", args, named)
-        names = self._names
-        if names is not None and named.keys() != names:
-            self._check(named)
+    def _gate(self) -> None:
+        # Called with the lock held whenever the waiters change.
         if self._waiters:
-            self._offer(sender, named)
-        if self._silent:
-            return []
-        cls = type(sender)  # pyright: ignore[reportUnknownVariableType]
-        if cls is str or cls is int or cls is bytes:
-            rows = self._value_cache.get(sender)
+            self._names = _NEVER
         else:
-            rows = self._id_cache.get(id(sender))
-        if rows is None:
-            rows = self._lookup(sender)
-        named["signal"] = self
-        named["sender"] = sender
-        if options is not None or self._options:
-            if options is None:
-                options = (self.concurrent, self.timeout, self.max_concurrency)
-            return await _dispatch.run(self, rows, 0, [], named, robust, *options)
-        results: Results = []
-        index = 0
-        for get, mode, entry in rows:
-            fn = get()
-            if fn is None:
-                index += 1
-                continue
-            if mode and (mode != ASYNC or index + 1 < len(rows)):
-                return await _dispatch.run(self, rows, index, results, named, robust)
-            try:
-                if mode:
-                    # The last receiver, and async: nothing after it could run concurrently,
-                    # so it is awaited right here, at the cost of a plain await.
-                    result = await fn(**named)
-                else:
-                    result = fn(**named)
-                    if result is not None and hasattr(type(result), "__await__"):  # pyright: ignore[reportUnknownArgumentType]
-                        result = await result
-            except Exception as exc:
-                result = _dispatch.failed(self, entry, sender, exc, robust)
-            results.append((fn, result))
-            index += 1
-        return results
-
-    def _check(self, named: dict[str, Any]) -> None:
-        # A typed send whose keyword names are not exactly the spec's: optional ones left
-        # out (fine) or a mistake (TypeError). Off the hot path.
-        assert self._spec is not None
-        self._spec.check(self, named)
+            self._names = None if self._spec is None else self._spec.allowed
 
     def _arguments(self, method: str, args: tuple[Any, ...], named: dict[str, Any]) -> Any:
         """The sender of a background send, its keyword arguments checked (and ``named`` too)."""
@@ -670,10 +750,6 @@ class AsyncSignal(Generic[P, R]):
 
     # -- waiting ------------------------------------------------------------------------
 
-    def _offer(self, sender: Any, named: dict[str, Any]) -> None:
-        for waiter in self._waiters:
-            waiter.offer(sender, named)
-
     async def wait_for(
         self,
         sender: Any = ANY,
@@ -693,12 +769,14 @@ class AsyncSignal(Generic[P, R]):
         waiter = _Waiter(None if sender is ANY else sender, where)
         with self._lock:
             self._waiters = (*self._waiters, waiter)
+            self._gate()
         try:
             with anyio.fail_after(timeout):
                 await waiter.event.wait()
         finally:
             with self._lock:
                 self._waiters = tuple(w for w in self._waiters if w is not waiter)
+                self._gate()
         if waiter.error is not None:
             raise waiter.error
         assert waiter.kwargs is not None

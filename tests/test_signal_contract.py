@@ -472,3 +472,26 @@ async def test_connected_to_and_muted() -> None:
     with sig.muted():
         assert await sig.send(None) == []
     assert len(await sig.send(None)) == 1
+
+
+# -- the instrumentation entry ----------------------------------------------------------------
+
+
+async def test_prepare_and_run_do_what_a_send_does() -> None:
+    # contrib.opentelemetry runs receivers itself through these two private entries.
+    from asignals import _dispatch
+    from asignals._signal import _prepare
+
+    sig = AsyncSignal(name="orders")
+    sig.connect(sync_receiver)
+    sig.connect(async_receiver)
+    named: dict[str, Any] = {"n": 1}
+    prepared = _prepare(sig, "send", (Sender,), named)
+    assert prepared is not None
+    sender, rows, options = prepared
+    assert sender is Sender and options is None and named["signal"] is sig
+    results = await _dispatch.run(sig, rows, 0, [], named, False)
+    assert results == await sig.send(Sender, n=1)
+    assert _prepare(AsyncSignal(), "send", (None,), {}) is None
+    with pytest.raises(TypeError, match="needs a sender"):
+        _prepare(sig, "send", (), {})
