@@ -1,12 +1,12 @@
 """A worker process for the bridge tests: bridges signal ``job`` and reports what it handles.
 
 Usage: ``python tests/bridge_worker.py TRANSPORT URL STREAM MODE [--group G] [--hang]
-[--work SECONDS] [--claim-idle SECONDS]``. ``TRANSPORT`` names a transport (``redis``).
-Prints ``ready`` once the bridge runs, then one JSON line per ``job`` event *after* its
-receiver finished (``{"pid", "sender", "n"}``); with ``--hang`` the receiver blocks forever on
-events carrying ``hang=True`` (printing ``{"hanging": n}``) so a test can kill it mid-event;
-``--work`` makes every event take that long. Exits when stdin closes (a clean stop) or on
-SIGTERM (the same).
+[--work SECONDS] [--claim-idle SECONDS]``. ``TRANSPORT`` names a transport (``redis``,
+``jetstream``). Prints ``ready`` once the bridge runs, then one JSON line per ``job`` event
+*after* its receiver finished (``{"pid", "sender", "n"}``); with ``--hang`` the receiver blocks
+forever on events carrying ``hang=True`` (printing ``{"hanging": n}``) so a test can kill it
+mid-event; ``--work`` makes every event take that long. Exits when stdin closes (a clean stop)
+or on SIGTERM (the same).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ def make_transport(name: str, url: str) -> Any:
         from asignals.bridge import RedisStreams
 
         return RedisStreams(url, block=0.1)
+    if name == "jetstream":
+        from asignals.bridge import JetStream
+
+        return JetStream(url, block=0.2)
     raise SystemExit(f"unknown transport {name!r}")
 
 

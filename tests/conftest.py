@@ -6,11 +6,13 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from recording import Recorder
+from servers import NatsServer, PrivateServer, RedisServer
 
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
@@ -143,6 +145,19 @@ class BridgeKit:
     async def cleanup(self) -> None:
         """Remove what the test left on the server."""
 
+    # Server transports only (the real-process tests of test_bridge_processes.py):
+
+    #: The server's URL, for worker processes (``tests/bridge_worker.py NAME URL ...``).
+    url = ""
+
+    async def pending(self, stream: str, group: str) -> int:
+        """Messages delivered to ``group`` and not acknowledged yet."""
+        raise NotImplementedError
+
+    def server(self, port: int, directory: Path) -> PrivateServer:
+        """A private server of this kind (not started) for restart tests."""
+        raise NotImplementedError
+
 
 class RedisKit(BridgeKit):
     name = "redis"
@@ -183,6 +198,18 @@ class RedisKit(BridgeKit):
             await client.delete(*self.streams, *(f"{s}:dead" for s in self.streams))
         finally:
             await client.aclose()
+
+    async def pending(self, stream: str, group: str) -> int:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(self.url)
+        try:
+            return int((await client.xpending(stream, group))["pending"])
+        finally:
+            await client.aclose()
+
+    def server(self, port: int, directory: Path) -> PrivateServer:
+        return RedisServer(port, directory)
 
 
 class _TrackingRedis:
@@ -263,12 +290,25 @@ class JetStreamKit(BridgeKit):
                 info = await js.stream_info(name)
             except nats.js.errors.NotFoundError:
                 return []
+            if not info.state.messages:
+                return []  # (an empty stream reports first_seq 0, which get_msg refuses)
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 msg = await js.get_msg(name, seq)
                 letters.append(DeadLetter(msg.data or b"", dict(msg.headers or {})))
         finally:
             await client.close()
         return letters
+
+    async def pending(self, stream: str, group: str) -> int:
+        client = await self._client()
+        try:
+            info = await client.jetstream().consumer_info(stream, group)
+        finally:
+            await client.close()
+        return int(info.num_ack_pending)
+
+    def server(self, port: int, directory: Path) -> PrivateServer:
+        return NatsServer(port, directory)
 
     async def cleanup(self) -> None:
         import nats.js.errors

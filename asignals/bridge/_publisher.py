@@ -141,8 +141,10 @@ class Publisher:
         task, self._task = self._task, None
         if task is None:
             return
+        # Wait for the queue to drain, not for the flusher: it may be sleeping out a backoff
+        # with nothing left to write (every event expired).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), self._timeout + 0.5)
+            await asyncio.wait_for(self._idle.wait(), self._timeout + 0.5)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         self._fail(self._inflight, PublishError("the bridge stopped before this event was stored"))
