@@ -626,11 +626,10 @@ def test_instrument_and_uninstrument_from_threads_see_one_state(telemetry: Telem
     for t in threads:
         t.join(5)
     assert otel.is_instrumented()
-    assert len(errors) == 1
+    assert len(errors) == 1  # one instrumented, the other was told it already was
     otel.uninstrument()
-    assert AsyncSignal.send.__qualname__ == "AsyncSignal.send"
     assert not hasattr(AsyncSignal.send, "__wrapped__")
-    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert not hasattr(AsyncSignal.send_robust, "__wrapped__")
 
 
 # -- a FastAPI app instrumented with opentelemetry-instrumentation-asgi --------------------
