@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, cast, overload
 import anyio
 from typing_extensions import ParamSpec, TypeVar
 
-from . import _dispatch, background
+from . import _dispatch, _held, background
 from ._receivers import (
     ASYNC,
     VALUE_SENDER_TYPES,
@@ -747,6 +747,17 @@ class AsyncSignal(Generic[P, R]):
         """Like :meth:`send_nowait`, but wait for room when the dispatcher's backlog is full."""
         sender = self._arguments("send_later", args, kwargs)
         await background.submit_wait(self, sender, kwargs)
+
+    def send_after_response(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Hold ``send_nowait(sender, **kwargs)`` until the current request has succeeded.
+
+        For side effects that must not happen when the request fails (the confirmation email
+        of an order that a later step refuses): the send is delivered once the response went
+        out with a status the ``SignalsMiddleware`` delivers on (below 400 by default) and
+        dropped if the app raised. Raises ``RuntimeError`` outside a request served by it.
+        """
+        sender = self._arguments("send_after_response", args, kwargs)
+        _held.hold(self, sender, kwargs)
 
     # -- waiting ------------------------------------------------------------------------
 

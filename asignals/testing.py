@@ -4,7 +4,8 @@
 keyword arguments and the results (or the error the send raised), in the order the sends
 finished. It works for ``send``, ``send_robust`` and background sends (``send_nowait``,
 ``send_later``, recorded when the dispatcher runs them), under pytest-asyncio, AnyIO's pytest
-plugin or no plugin at all: the fixture itself is synchronous.
+plugin or no plugin at all: the fixture itself is synchronous. ``send_after_response`` sends
+are recorded when delivered; those dropped because their request failed are in ``dropped``.
 
 Why the recorder wraps the signal's ``send``/``send_robust`` instead of connecting a receiver:
 a receiver cannot see the other receivers' results, it shows up in ``has_listeners()`` and in
@@ -34,11 +35,12 @@ from typing import Any, Final
 import anyio
 import pytest
 
+from . import _held
 from ._receivers import describe
 from ._reserved import RESERVED
 from ._signal import AsyncSignal
 
-__all__ = ["SentSignal", "SignalRecorder", "signal_recorder"]
+__all__ = ["DroppedSend", "SentSignal", "SignalRecorder", "signal_recorder"]
 
 _ANY: Final[Any] = object()  # "any sender" in the assertion helpers
 
@@ -69,6 +71,18 @@ class SentSignal:
         return f"{head} -> {len(self.results or ())} result(s)"
 
 
+@dataclass(frozen=True)
+class DroppedSend:
+    """A ``send_after_response`` dropped because its request failed: ``status`` is the
+    response status (None when none was sent), ``exception`` what the app raised (or None)."""
+
+    signal: AsyncSignal
+    sender: Any
+    kwargs: dict[str, Any]
+    status: int | None
+    exception: BaseException | None
+
+
 class SignalRecorder:
     """Records every send of the watched signals; see the module docstring.
 
@@ -77,8 +91,11 @@ class SignalRecorder:
 
     def __init__(self, *signals: AsyncSignal) -> None:
         self.sends: list[SentSignal] = []
+        #: The held sends of watched signals that were dropped, oldest first.
+        self.dropped: list[DroppedSend] = []
         self._wrapped: list[tuple[AsyncSignal, str, Callable[..., Any]]] = []
         self._active = True
+        _held.observers.append(self._on_drop)
         self.watch(*signals)
 
     # -- watching -----------------------------------------------------------------------
@@ -133,9 +150,22 @@ class SignalRecorder:
         names = [describe(r) for r, _ in results] if results else []
         self.sends.append(SentSignal(signal, sender, kwargs, results, error, robust, names))
 
+    def _on_drop(
+        self,
+        signal: AsyncSignal,
+        sender: Any,
+        kwargs: dict[str, Any],
+        status: int | None,
+        exception: BaseException | None,
+    ) -> None:
+        if any(s is signal for s, _, _ in self._wrapped):
+            self.dropped.append(DroppedSend(signal, sender, kwargs, status, exception))
+
     def close(self) -> None:
         """Stop recording and take the wrappers off the signals."""
         self._active = False
+        if self._on_drop in _held.observers:
+            _held.observers.remove(self._on_drop)
         for signal, method, wrapper in reversed(self._wrapped):
             if signal.__dict__.get(method) is wrapper:
                 delattr(signal, method)
@@ -162,6 +192,7 @@ class SignalRecorder:
     def clear(self) -> None:
         """Forget what was recorded so far (keep watching)."""
         self.sends.clear()
+        self.dropped.clear()
 
     def __iter__(self) -> Iterator[SentSignal]:
         return iter(list(self.sends))

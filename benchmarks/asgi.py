@@ -17,6 +17,14 @@ a smoke run). Needs the ``examples`` and ``test`` extras (FastAPI, uvicorn, http
    submission to the end of the drain, the peak backlog, and the memory per pending send
    (tracemalloc, separate pass). Also ``send_later`` with a bounded backlog.
 
+4. **Held sends.** What ``send_after_response`` costs per request, in-process on a minimal
+   FastAPI app behind ``SignalsMiddleware``: an endpoint that holds ``k`` sends (delivered after
+   the response) against the same endpoint calling ``send_nowait`` ``k`` times and against one
+   that sends nothing, for k = 1 and 3, on asyncio and uvloop. Each timing covers a chunk of 50
+   requests, the event loop running between them, and the drain of their background sends (the
+   receivers' work is in both); variants rotate chunk by chunk. Also the same sends with no
+   request around them (hold and delivery against ``send_nowait``, submission only).
+
 Every figure is the median of ``--repeats`` runs.
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import os
 import platform
@@ -172,8 +181,8 @@ def real_server(rounds: int, requests: int, concurrency: int) -> float:
 # -- 2. in-process -------------------------------------------------------------------------
 
 
-async def _asgi_ns(app: Any, count: int) -> float:
-    scope_base = {
+def _bench_scope() -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -188,15 +197,20 @@ async def _asgi_ns(app: Any, count: int) -> float:
         "state": {},
     }
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: Any) -> None:
-        pass
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
+
+async def _discard(message: Any) -> None:
+    pass
+
+
+async def _asgi_ns(app: Any, count: int) -> float:
+    scope = _bench_scope()
     start = time.perf_counter_ns()
     for _ in range(count):
-        await app(dict(scope_base), receive, send)
+        await app(dict(scope), _receive, _discard)
     return (time.perf_counter_ns() - start) / count
 
 
@@ -293,6 +307,135 @@ def background(repeats: int, sends: int) -> None:
         )
 
 
+# -- 4. held sends ----------------------------------------------------------------------
+
+
+def _held_apps(signal_: Any) -> dict[str, Any]:
+    from fastapi import FastAPI
+
+    from asignals.contrib.asgi import SignalsMiddleware
+
+    def app_with(endpoint: Callable[[], None]) -> Any:
+        app = FastAPI()
+        app.add_middleware(SignalsMiddleware)
+
+        @app.get("/orders/1")
+        async def order() -> dict[str, int]:
+            endpoint()
+            return {"id": 1}
+
+        return app
+
+    def nothing() -> None:
+        pass
+
+    def nowait(k: int) -> Callable[[], None]:
+        def endpoint() -> None:
+            for n in range(k):
+                signal_.send_nowait("bench", n=n)
+
+        return endpoint
+
+    def held(k: int) -> Callable[[], None]:
+        def endpoint() -> None:
+            for n in range(k):
+                signal_.send_after_response("bench", n=n)
+
+        return endpoint
+
+    return {
+        "no send": app_with(nothing),
+        **{f"send_nowait x{k}": app_with(nowait(k)) for k in (1, 3)},
+        **{f"send_after_response x{k}": app_with(held(k)) for k in (1, 3)},
+    }
+
+
+def held_sends(repeats: int, count: int) -> None:
+    import asignals
+
+    signal_ = asignals.AsyncSignal(name="bench")
+
+    async def receiver(sender: Any, **kwargs: Any) -> None:
+        await anyio.sleep(0)
+
+    signal_.connect(receiver, weak=False)
+    apps = _held_apps(signal_)
+
+    async def timed(app: Any, requests: int) -> float:
+        """ns per request; the loop runs between requests, as a server's would, and the
+        dispatcher's drain of what is left is timed too."""
+        scope = _bench_scope()
+        gc.collect()  # each chunk starts from the same heap: no collection left by the last
+        start = time.perf_counter_ns()
+        async with asignals.dispatcher(max_pending=None):
+            for _ in range(requests):
+                await app(dict(scope), _receive, _discard)
+                await asyncio.sleep(0)
+        return (time.perf_counter_ns() - start) / requests
+
+    async def measure() -> dict[str, float]:
+        chunk = 50  # short chunks, variants rotated: drift on a shared machine hits all alike
+        for app in apps.values():  # warm-up
+            await timed(app, chunk)
+        samples: dict[str, list[float]] = {name: [] for name in apps}
+        names = list(apps)
+        for r in range(repeats * max(1, count // chunk)):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[name].append(await timed(apps[name], chunk))
+        return {name: statistics.median(values) for name, values in samples.items()}
+
+    async def isolated() -> tuple[float, float]:
+        """ns per send, no request around it: 3 sends per simulated request, held then
+        delivered, against 3 ``send_nowait``. Submission only; the drain is not timed."""
+        from asignals import _held
+
+        nowait: list[float] = []
+        held: list[float] = []
+        for r in range(repeats):
+            for variant in ("nowait", "held") if r % 2 == 0 else ("held", "nowait"):
+                async with asignals.dispatcher(max_pending=None):
+                    start = time.perf_counter_ns()
+                    if variant == "nowait":
+                        for _ in range(count):
+                            for n in range(3):
+                                signal_.send_nowait("bench", n=n)
+                    else:
+                        for _ in range(count):
+                            hold: list[Any] = []
+                            token = _held.current.set(hold)
+                            for n in range(3):
+                                signal_.send_after_response("bench", n=n)
+                            _held.current.reset(token)
+                            _held.deliver(hold)
+                    elapsed = (time.perf_counter_ns() - start) / (3 * count)
+                (nowait if variant == "nowait" else held).append(elapsed)
+        return statistics.median(nowait), statistics.median(held)
+
+    print(
+        f"  in-process, chunks of 50 requests (and the drain of their sends), variants "
+        f"rotated, median of {repeats * max(1, count // 50)} chunks"
+    )
+    for name, _, options in _backends():
+        if name == "trio":
+            continue  # FastAPI on trio works, but servers run it on asyncio/uvloop
+        ns = _run(measure, "asyncio", options)
+        base = ns["no send"]
+        print(f"    {name}: no send {base / 1e3:.2f} us/request")
+        for k in (1, 3):
+            nowait, held = ns[f"send_nowait x{k}"], ns[f"send_after_response x{k}"]
+            print(
+                f"    {name}: {k} send(s)/request: send_nowait {nowait / 1e3:.2f} us, "
+                f"send_after_response {held / 1e3:.2f} us; holding adds "
+                f"{(held - nowait) / 1e3:+.2f} us/request ({held / nowait:.3f}x), "
+                f"{(held - nowait) / k:+.0f} ns per held send"
+            )
+        nowait_ns, held_ns = _run(isolated, "asyncio", options)
+        print(
+            f"    {name}: isolated, per send: send_nowait {nowait_ns:.0f} ns, "
+            f"send_after_response + delivery {held_ns:.0f} ns ({held_ns - nowait_ns:+.0f} ns)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a smoke run, seconds not minutes")
@@ -316,6 +459,8 @@ def main() -> None:
     in_process(5 * repeats, 100 if quick else 600)
     print("3. background dispatch")
     background(repeats, 2000 if quick else 10_000)
+    print("4. held sends (send_after_response)")
+    held_sends(5 * repeats, 100 if quick else 600)
 
 
 if __name__ == "__main__":

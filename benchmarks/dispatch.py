@@ -735,6 +735,12 @@ def main() -> None:
         "steadier on a machine where other processes compete for the CPUs",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory section")
+    parser.add_argument(
+        "--chart",
+        metavar="PATH",
+        help="also draw each loop's grid (PNG or SVG by suffix; the loop's name is added "
+        "before the suffix when several loops run); needs matplotlib",
+    )
     args = parser.parse_args()
     use_cpu_clock(args.cpu_clock)
     if asignals is not None:
@@ -792,6 +798,23 @@ def main() -> None:
             print(grid_tables(results))
             print(f"Targets ({loop.name}):\n")
             print("\n".join(target_checks(results)))
+            if args.chart:
+                from _charts import chart_path, grid_chart
+
+                path = chart_path(args.chart, loop.name, len(set(wanted) - {"trio"}) > 1)
+                command = f"python benchmarks/dispatch.py {' '.join(sys.argv[1:])}"
+                title = f"ns per send, {loop.name}"
+                grid_chart(
+                    path,
+                    results,
+                    ROWS,
+                    peers=PEERS,
+                    limit_of=limit_of,
+                    title=title,
+                    caption=f"{command} · Python {platform.python_version()}, "
+                    f"{os.cpu_count()} CPUs · {time.strftime('%Y-%m-%d')}",
+                )
+                print(f"\nchart: {path}")
             if not args.no_memory:
                 print(f"\n### Memory ({loop.name})\n")
                 print("\n".join(measure_peaks(run, sleep)))

@@ -2,12 +2,15 @@
 
 - ``POST /orders`` awaits the domain signal ``order_placed``: its receivers run inside the
   request (stock reservation may refuse the order with 409).
-- The slow side effect, the confirmation email, goes through ``order_confirmed.send_nowait``:
+- The slow side effect, the confirmation email, goes through
+  ``order_confirmed.send_after_response``: it is held for the request and goes to the background
+  only once the order was placed (a 2xx response), so a refused order (409) sends no email, and
   the response does not wait for it. The "email" is a JSON line appended to an outbox file
   (``ORDERS_OUTBOX``, default ``$TMPDIR/asignals-orders-outbox.jsonl``) after a simulated SMTP
   delay (``ORDERS_EMAIL_DELAY`` seconds, default 0.2).
-- ``SignalsMiddleware`` sends ``request_started``/``request_finished``/``got_request_exception``;
-  receivers connected for this app count requests, served at ``GET /stats``.
+- ``SignalsMiddleware`` delivers those held sends, and sends ``request_started``/
+  ``request_finished``/``got_request_exception``; receivers connected for this app count
+  requests, served at ``GET /stats``.
 - ``lifespan=make_lifespan(...)`` runs the background dispatcher for the app's lifetime: on
   shutdown (Ctrl-C, SIGTERM) every queued email is delivered before the process exits.
 
@@ -72,7 +75,7 @@ class OutOfStock(Exception):
 
 
 order_placed = AsyncSignal(name="order_placed")  # awaited in the request
-order_confirmed = AsyncSignal(name="order_confirmed")  # background: send_nowait
+order_confirmed = AsyncSignal(name="order_confirmed")  # background, if the request succeeds
 
 STOCK: dict[str, int] = {"widget": 100, "gadget": 3}
 ORDERS: dict[int, Order] = {}
@@ -143,11 +146,12 @@ app.add_middleware(SignalsMiddleware)
 @app.post("/orders", status_code=201)
 async def place_order(body: OrderIn) -> dict[str, Any]:
     order = Order(id=next(_ids), item=body.item, quantity=body.quantity, email=body.email)
+    # Held, not sent: it goes to the background only if this request ends with a 2xx.
+    order_confirmed.send_after_response(Order, order=order)
     try:
         results = await order_placed.send(Order, order=order)
-    except* OutOfStock as group:
+    except* OutOfStock as group:  # the 409 drops the held email
         raise HTTPException(status_code=409, detail=str(group.exceptions[0])) from None
-    order_confirmed.send_nowait(Order, order=order)  # returns at once
     return {"order": asdict(order), "receivers": [r for _, r in results if r is not None]}
 
 
@@ -217,7 +221,8 @@ async def demo() -> None:
     print(f"emails delivered after shutdown drained the dispatcher: {len(emails)}")
     for email in emails:
         print("  ", email["subject"], "->", email["to"])
-    assert len(emails) == len(ORDERS), "every queued email must be delivered"
+    emailed = sorted(email["order"]["id"] for email in emails)
+    assert emailed == sorted(ORDERS), "one email per placed order, none for the refused one"
 
 
 if __name__ == "__main__":

@@ -326,3 +326,29 @@ async def test_a_fastapi_def_endpoint_can_send_nowait_from_its_worker_thread() -
         loop_thread = threading.get_ident()
     assert loop_thread not in endpoint_threads  # the endpoint really ran in a worker thread
     assert sorted(delivered) == [(0, False), (1, False), (2, False)]  # drained on shutdown
+
+
+@asynccontextmanager
+async def _resources(app: Any) -> AsyncIterator[None]:
+    yield
+
+
+async def _bare_generator(app: Any) -> AsyncIterator[None]:
+    yield
+
+
+@pytest.mark.parametrize(
+    ("user_lifespan", "message"),
+    [
+        (object(), r"needs a lifespan function, lifespan\(app\) -> async context manager"),
+        (_bare_generator, "bare async generator function: decorate it"),
+        (_resources(None), r"not make_lifespan\(my_lifespan\(app\)\)"),
+        (lambda: None, "does not take that one argument"),
+    ],
+    ids=["object", "bare-async-generator", "entered-context-manager", "wrong-arity"],
+)
+def test_make_lifespan_refuses_what_is_not_a_lifespan_at_construction(
+    user_lifespan: Any, message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        make_lifespan(user_lifespan)

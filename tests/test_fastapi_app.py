@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from asignals import AsyncSignal
 from asignals.contrib.asgi import SignalsMiddleware, lifespan
+from asignals.testing import SignalRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fastapi_app.py"
@@ -51,7 +52,10 @@ def orders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-async def test_orders_through_the_asgi_transport(orders: ModuleType) -> None:
+async def test_orders_through_the_asgi_transport(
+    orders: ModuleType, signal_recorder: SignalRecorder
+) -> None:
+    signal_recorder.watch(orders.order_confirmed)
     app = orders.app
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
@@ -78,6 +82,10 @@ async def test_orders_through_the_asgi_transport(orders: ModuleType) -> None:
     assert stats["errors"] == {"RuntimeError": 1}
     emails = read_outbox(orders.OUTBOX)  # the lifespan's exit drained them
     assert sorted(e["to"] for e in emails) == ["0@example.com", "1@example.com", "2@example.com"]
+    # The refused order's email was held, then dropped with the 409.
+    [dropped] = signal_recorder.dropped
+    assert (dropped.kwargs["order"].email, dropped.status) == ("late@example.com", 409)
+    assert len(signal_recorder.of(orders.order_confirmed)) == 3
 
 
 async def test_plain_lifespan_helper_and_middleware_on_a_fastapi_app() -> None:

@@ -12,6 +12,12 @@ it sends, as Django's handlers do:
 - ``request_finished(sender=app, scope=scope)`` once the app has returned or raised (robust,
   and sent even when the request is cancelled).
 
+Inside such a request, ``sig.send_after_response(sender, **kw)`` holds the send: once the app
+has returned without raising and ``deliver_on(status)`` accepts the response status (default:
+below 400), every held send goes to ``send_nowait``, in call order, after ``request_finished``'s
+receivers; otherwise they are dropped and the drop is logged at DEBUG on ``asignals.asgi``. A
+websocket connection delivers when its app returns without raising.
+
 The sender is the application object: ``scope["app"]`` when the framework sets it (Starlette
 and FastAPI do, so a middleware added with ``app.add_middleware`` still reports the FastAPI
 instance), else the app the middleware wraps; pass ``sender=`` to choose. Django sends the
@@ -25,12 +31,14 @@ lifetime, so request handlers can ``send_nowait`` and shutdown drains every queu
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
 
+from .. import _held
 from ..background import DEFAULT_MAX_PENDING, dispatcher
 from ..signals import got_request_exception, request_finished, request_started
 
@@ -46,6 +54,23 @@ _AppT = TypeVar("_AppT")
 _StateT = TypeVar("_StateT")
 
 _REQUEST_SCOPES = frozenset({"http", "websocket"})
+
+logger = logging.getLogger("asignals.asgi")
+
+
+def _below_400(status: int) -> bool:
+    return status < 400
+
+
+def _takes(fn: object, count: int) -> bool:
+    """Whether ``fn`` can be called with ``count`` positional arguments."""
+    try:
+        inspect.signature(fn).bind(*(None,) * count)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    except ValueError:
+        pass  # no introspectable signature (a builtin): trust it
+    return True
 
 
 def _check_asgi_app(app: object) -> None:
@@ -64,30 +89,69 @@ def _check_asgi_app(app: object) -> None:
             f"SignalsMiddleware got the class {app.__qualname__}, not an ASGI application "
             f"instance; pass an instance (ASGI 2 double-callable classes are not supported)"
         )
-    try:
-        inspect.signature(app).bind(None, None, None)
-    except TypeError:
+    if not _takes(app, 3):
         raise TypeError(
             f"SignalsMiddleware needs an ASGI application callable as app(scope, receive, "
             f"send); {app!r} does not take those three arguments"
-        ) from None
-    except ValueError:
-        pass  # no introspectable signature (a builtin): trust it
+        )
+
+
+def _check_lifespan(user_lifespan: object) -> None:
+    """Refuse, at construction, what could never be entered as ``user_lifespan(app)``."""
+    if inspect.isasyncgenfunction(user_lifespan):
+        raise TypeError(
+            f"make_lifespan() needs an async context manager factory; "
+            f"{user_lifespan.__qualname__} is a bare async generator function: decorate it "
+            f"with @contextlib.asynccontextmanager"
+        )
+    if isinstance(user_lifespan, AbstractAsyncContextManager):
+        raise TypeError(
+            f"make_lifespan() needs the lifespan function, called with the app at startup, "
+            f"not an already created context manager {user_lifespan!r}: pass "
+            f"make_lifespan(my_lifespan), not make_lifespan(my_lifespan(app))"
+        )
+    if not callable(user_lifespan):
+        raise TypeError(
+            f"make_lifespan() needs a lifespan function, lifespan(app) -> async context "
+            f"manager (as FastAPI's lifespan=), or None; got {user_lifespan!r} of type "
+            f"{type(user_lifespan).__name__}"
+        )
+    if not _takes(user_lifespan, 1):
+        raise TypeError(
+            f"make_lifespan() needs a lifespan function called as lifespan(app); "
+            f"{user_lifespan!r} does not take that one argument"
+        )
 
 
 class SignalsMiddleware:
     """ASGI middleware sending ``request_started``, ``request_finished`` and
-    ``got_request_exception`` for every HTTP request and websocket connection.
+    ``got_request_exception`` for every HTTP request and websocket connection, and delivering
+    the sends held by ``send_after_response`` when the request succeeded.
 
-    Other scopes (``lifespan``) pass straight through.
+    ``deliver_on(status) -> bool`` decides which HTTP response statuses count as success for
+    held sends (default: ``status < 400``); ``deliver_on=lambda status: status < 500`` also
+    delivers on client errors. Other scopes (``lifespan``) pass straight through.
     """
 
-    __slots__ = ("_sender", "app")
+    __slots__ = ("_deliver_on", "_sender", "app")
 
-    def __init__(self, app: ASGIApp, *, sender: Any = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        sender: Any = None,
+        deliver_on: Callable[[int], bool] = _below_400,
+    ) -> None:
         _check_asgi_app(app)
+        if not callable(deliver_on):
+            raise TypeError(
+                f"SignalsMiddleware(deliver_on=...) needs a predicate on the response status, "
+                f"such as `lambda status: status < 400`; got {deliver_on!r} of type "
+                f"{type(deliver_on).__name__}"
+            )
         self.app = app
         self._sender = sender
+        self._deliver_on = deliver_on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in _REQUEST_SCOPES:
@@ -96,19 +160,100 @@ class SignalsMiddleware:
         sender = self._sender
         if sender is None:
             sender = scope.get("app", self.app)
-        await request_started.send(sender, scope=scope)
+        held: _held.Hold = []
+        token = _held.current.set(held)
+        status: int | None = None
+        app_send: Send = send
+        if scope["type"] == "http":
+            # A plain function handing back send's awaitable: no coroutine of its own per
+            # message on the response path.
+            def send_and_watch(message: Message) -> Awaitable[None]:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                return send(message)
+
+            app_send = send_and_watch
         try:
-            await self.app(scope, receive, send)
-        except Exception as exc:
-            await got_request_exception.send_robust(sender, scope=scope, exception=exc)
-            await request_finished.send_robust(sender, scope=scope)
-            raise
-        except BaseException:
-            # Cancelled (client gone, server stopping): still tell receivers it finished.
-            with anyio.CancelScope(shield=True):
+            await request_started.send(sender, scope=scope)
+            try:
+                await self.app(scope, receive, app_send)
+            except Exception as exc:
+                await got_request_exception.send_robust(sender, scope=scope, exception=exc)
                 await request_finished.send_robust(sender, scope=scope)
+                raise
+            except BaseException:
+                # Cancelled (client gone, server stopping): still tell receivers it finished.
+                with anyio.CancelScope(shield=True):
+                    await request_finished.send_robust(sender, scope=scope)
+                raise
+            await request_finished.send_robust(sender, scope=scope)
+        except BaseException as exc:
+            self._drop(held, scope, status, exc)
             raise
-        await request_finished.send_robust(sender, scope=scope)
+        finally:
+            _held.current.reset(token)
+        if held:
+            self._settle(held, scope, status)
+        else:
+            held.append(_held.CLOSED)
+
+    def _settle(self, held: _held.Hold, scope: Scope, status: int | None) -> None:
+        """The app returned: deliver the held sends if ``status`` says the request succeeded."""
+        if scope["type"] == "http":
+            if status is None:
+                self._drop(held, scope, None, None)
+                return
+            try:
+                accepted = self._deliver_on(status)
+            except Exception as exc:
+                logger.error(
+                    "asignals: deliver_on(%r) raised for %s; dropping its held sends (%s)",
+                    status,
+                    _describe(scope),
+                    _held.names(held),
+                    exc_info=True,
+                )
+                self._drop(held, scope, status, exc)
+                return
+            if not accepted:
+                self._drop(held, scope, status, None)
+                return
+        errors = _held.deliver(held)
+        if errors:
+            for error in errors[1:]:
+                logger.error(
+                    "asignals: a held send of %s could not be scheduled",
+                    _describe(scope),
+                    exc_info=error,
+                )
+            raise errors[0]
+
+    @staticmethod
+    def _drop(
+        held: _held.Hold, scope: Scope, status: int | None, exception: BaseException | None
+    ) -> None:
+        if held and logger.isEnabledFor(logging.DEBUG):
+            if exception is not None:
+                why = f"the app raised {exception!r}"
+            elif status is None:
+                why = "the app sent no response"
+            else:
+                why = f"status {status} is not delivered on"
+            logger.debug(
+                "asignals: dropped %d held send(s) of %s (%s): %s",
+                len(held),
+                _describe(scope),
+                _held.names(held),
+                why,
+            )
+        _held.drop(held, status, exception)
+
+
+def _describe(scope: Scope) -> str:
+    if scope["type"] == "websocket":
+        return f"websocket {scope.get('path', '?')}"
+    return f"{scope.get('method', '?')} {scope.get('path', '?')}"
 
 
 def make_lifespan(
@@ -125,6 +270,8 @@ def make_lifespan(
     queued send has finished. Whatever your lifespan yields (Starlette's lifespan state) is
     passed through.
     """
+    if user_lifespan is not None:
+        _check_lifespan(user_lifespan)
 
     @asynccontextmanager
     async def _lifespan(app: _AppT) -> AsyncIterator[_StateT | None]:
