@@ -43,6 +43,7 @@ from asignals import AsyncSignal, background
 from asignals.bridge import Bridge, RedisStreams
 from asignals.contrib import opentelemetry as otel
 from asignals.contrib import sqlalchemy as sqlalchemy_signals
+from asignals.contrib.asgi import SignalsMiddleware
 from asignals.contrib.asgi import lifespan as asgi_lifespan
 from asignals.signals import post_save
 
@@ -667,7 +668,9 @@ async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_backgro
 
     post_save.connect(audit, sender=Order, weak=False)
     order_confirmed.connect(email, weak=False)
+    order_audited = signal_with("order_audited", [fast])
     app = FastAPI(lifespan=asgi_lifespan)
+    app.add_middleware(SignalsMiddleware)
 
     @app.post("/orders")
     async def place_order(item: str) -> dict[str, int]:
@@ -677,6 +680,7 @@ async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_backgro
             await session.flush()  # post_save, from inside the flush
             await order_placed.send(Order, order_id=order.id)
             order_confirmed.send_nowait(Order, order_id=order.id)
+            order_audited.send_after_response(Order, order_id=order.id)
             await session.commit()
         return {"id": order.id}
 
@@ -702,12 +706,18 @@ async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_backgro
     assert saved == [response.json()["id"]]
     [request] = [s for s in telemetry.spans() if s.kind is SpanKind.SERVER]
     assert request.name == "POST /orders"
-    for name in ("send post_save", "send order_placed", "send order_confirmed"):
+    for name in (
+        "send post_save",
+        "send order_placed",
+        "send order_confirmed",
+        "send order_audited",  # held until the response, then a background send
+    ):
         span = telemetry.span(name)
         assert parent_id(span) == span_id(request), name
         assert span.context is not None and request.context is not None
         assert span.context.trace_id == request.context.trace_id
     assert (telemetry.span("send post_save").attributes or {})["asignals.sender"] == "Order"
+    assert (telemetry.span("send order_audited").attributes or {})["asignals.background"] is True
     background_send = telemetry.span("send order_confirmed")
     assert (background_send.attributes or {})["asignals.background"] is True
     assert background_send.end_time is not None and request.end_time is not None
