@@ -41,6 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import asignals
 from asignals import AsyncSignal, background
 from asignals.bridge import Bridge, RedisStreams
+from asignals.bridge import _hooks as bridge_hooks
 from asignals.contrib import opentelemetry as otel
 from asignals.contrib import sqlalchemy as sqlalchemy_signals
 from asignals.contrib.asgi import SignalsMiddleware
@@ -894,6 +895,25 @@ async def test_one_trace_from_the_request_to_the_receiver_in_another_process(
     assert points[("asignals.bridge.dead_lettered", dead)] == 1
     failures = [v for (m, _), v in points.items() if m == "asignals.receiver.failures"]
     assert failures == [2]
+
+
+async def test_dead_letter_reasons_are_keywords_or_other(telemetry: Telemetry) -> None:
+    telemetry.instrument()
+    assert bridge_hooks.hooks is not None
+    bridge_hooks.hooks.on_dead_letter("order_placed", "max_attempts")
+    bridge_hooks.hooks.on_dead_letter("order_placed", "outbox row 7 cannot be published: ...")
+    bridge_hooks.hooks.on_dead_letter("order_placed", "outbox row 8 cannot be published: ...")
+    assert (
+        telemetry.value(
+            "asignals.bridge.dead_lettered", signal="order_placed", reason="max_attempts"
+        )
+        == 1
+    )
+    assert (
+        telemetry.value("asignals.bridge.dead_lettered", signal="order_placed", reason="other") == 2
+    )
+    otel.uninstrument()
+    assert bridge_hooks.hooks is None
 
 
 def test_trace_headers_that_cannot_be_trusted_are_ignored() -> None:

@@ -8,6 +8,7 @@ malformed or hostile leaves the delivery without a remote parent: it starts a tr
 
 from __future__ import annotations
 
+import re
 from contextvars import Token
 from types import TracebackType
 from typing import Final
@@ -19,6 +20,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._metrics import Metrics
 from ._session import DeliveryMark, Session, delivering
+
+_REASON: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 #: Longer values are dropped unread: W3C baggage allows 8192 bytes, a traceparent is 55.
 MAX_HEADER_CHARS: Final = 8192
@@ -43,9 +46,15 @@ class Hooks:
         return _Delivery(self._session, signal_name, headers, attempt)
 
     def on_dead_letter(self, signal_name: str, reason: str) -> None:
-        """An event was dead-lettered: count it, by signal and reason."""
+        """An event was dead-lettered: count it, by signal and reason.
+
+        A reason that is not a short keyword (``max_attempts``, ``undecodable``), such as the
+        message an outbox gives, counts as ``other``: a data point per message would grow
+        without bound.
+        """
         try:
-            Metrics.count(self._session.metrics.dead_lettered, (signal_name, reason))
+            key = reason if _REASON.fullmatch(reason) else "other"
+            Metrics.count(self._session.metrics.dead_lettered, (signal_name, key))
         except Exception:
             self._session.failed("counting a dead letter")
 
