@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 import anyio
@@ -256,6 +257,36 @@ async def test_thread_receivers_and_timeouts_have_their_spans(telemetry: Telemet
         telemetry.value("asignals.receiver.failures", signal="s", receiver=children["stuck"].name)
         == 1
     )
+
+
+@pytest.mark.parametrize("instrumented", [False, True])
+async def test_sync_receivers_behave_as_without_instrumentation(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture, instrumented: bool
+) -> None:
+    ran: list[str] = []
+
+    def first(**kwargs: Any) -> None:
+        ran.append("first")
+        raise KeyError("first")
+
+    def second(**kwargs: Any) -> Any:
+        ran.append("second")
+        return anyio.sleep(0)  # an awaitable from a sync receiver is awaited
+
+    sig = signal_with("s", [first, second])
+    if instrumented:
+        telemetry.instrument()
+    with caplog.at_level(logging.ERROR, logger="asignals"):
+        results = await sig.send_robust("x")
+    assert [(fn, type(value)) for fn, value in results] == [(first, KeyError), (second, NoneType)]
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records if r.name == "asignals"] == [
+        f"Error calling {__name__}.test_sync_receivers_behave_as_without_instrumentation"
+        ".<locals>.first"
+    ]
+    with pytest.raises(ExceptionGroup, match=r"1 receiver\(s\) of <AsyncSignal 's'> raised"):
+        await sig.send("x")
+    assert ran == ["first", "second", "first"]  # send stopped at the first failure
+    assert telemetry.names().count("send s") == (2 if instrumented else 0)
 
 
 async def test_min_receiver_ms_is_the_slow_threshold(telemetry: Telemetry) -> None:

@@ -32,6 +32,10 @@ class Timing:
         """The row's getter: the core calls what it returns."""
         return self
 
+    def __call__(self, **named: Any) -> Any:
+        """Run the receiver with ``named``, timing it."""
+        raise NotImplementedError
+
 
 class Sync(Timing):
     """A sync receiver (inline or in a thread); an awaitable it returns is timed to its end."""
