@@ -289,6 +289,29 @@ async def test_sync_receivers_behave_as_without_instrumentation(
     assert telemetry.names().count("send s") == (2 if instrumented else 0)
 
 
+async def test_async_receivers_still_run_concurrently(telemetry: Telemetry) -> None:
+    events: list[str] = []
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> str:
+            events.append(f"{name} started")
+            await anyio.sleep(0.02)
+            events.append(f"{name} done")
+            return name
+
+        return receiver
+
+    first, second = make("first"), make("second")
+    sig = signal_with("s", [first, second])
+    telemetry.instrument(receivers="all")
+    assert await sig.send(None) == [(first, "first"), (second, "second")]
+    assert events[:2] == ["first started", "second started"]
+    send = telemetry.span("send s")
+    [a, b] = sorted(telemetry.children(send), key=lambda s: s.start_time or 0)
+    assert a.end_time is not None and b.start_time is not None
+    assert b.start_time < a.end_time  # they overlap
+
+
 async def test_min_receiver_ms_is_the_slow_threshold(telemetry: Telemetry) -> None:
     sig = signal_with("s", [slow])
     telemetry.instrument(min_receiver_ms=10_000)

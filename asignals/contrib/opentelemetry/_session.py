@@ -66,12 +66,13 @@ async def _inline(
     named: dict[str, Any],
     robust: bool,
 ) -> Results:
-    """Sync receivers, one after the other in the sending task: the loop of ``AsyncSignal._send``.
+    """Receivers one after the other in the sending task: the loop of ``AsyncSignal._send``.
 
-    The core runs a send whose receivers are all sync without its dispatch machinery (no task
-    group on trio, no driver), so an instrumented send of them does the same: it behaves as
-    the uninstrumented one and costs less. A failure goes through the core's own
-    :func:`failed` (``send`` raises its group, ``send_robust`` logs and returns it).
+    The core runs sync receivers, and a last async one (nothing after it could run
+    concurrently), without its dispatch machinery (no task group on trio, no driver), so an
+    instrumented send of them does the same: it behaves as the uninstrumented one and costs
+    less. A failure goes through the core's own :func:`failed` (``send`` raises its group,
+    ``send_robust`` logs and returns it).
     """
     results: Results = []
     for timing in timings:
@@ -175,15 +176,19 @@ class Session:
         info = found[1] if found is not None and found[0]() is signal else self._info(signal)
         timings: list[Timing] = []
         timed: list[Row] = []
-        inline = options is None  # every receiver sync: run here, as AsyncSignal._send does
+        others = 0  # receivers that are not plain sync ones
+        last = INLINE  # the mode of the last live receiver
         for get, mode, entry in rows:
             fn = get()
             if fn is not None:
                 timing = Async(fn, entry) if mode == ASYNC else Sync(fn, entry)
                 timings.append(timing)
                 timed.append((timing.get, mode, entry))
+                last = mode
                 if mode != INLINE:
-                    inline = False
+                    others += 1
+        # Run here, as AsyncSignal._send does, sync receivers and a last async one.
+        inline = options is None and (others == 0 or (others == 1 and last == ASYNC))
         span: Span | None = None
         token: Token[Context] | None = None
         try:
