@@ -602,6 +602,22 @@ async def test_metrics_per_signal_and_receiver(telemetry: Telemetry) -> None:
     assert 0 < point.sum < 1  # seconds
 
 
+async def test_instrumenting_again_on_the_same_meter_reports_the_new_counts(
+    telemetry: Telemetry,
+) -> None:
+    sig = signal_with("again", [fast])
+    telemetry.instrument()
+    await sig.send(None)
+    assert telemetry.value("asignals.sends", signal="again", background=False) == 1
+    otel.uninstrument()
+    await sig.send(None)  # not counted
+    assert telemetry.value("asignals.sends", signal="again", background=False) == 1
+    telemetry.instrument()
+    for _ in range(3):
+        await sig.send(None)
+    assert telemetry.value("asignals.sends", signal="again", background=False) == 3
+
+
 # -- bad input and failing exporters --------------------------------------------------------
 
 
@@ -994,3 +1010,40 @@ def test_trace_headers_that_cannot_be_trusted_are_ignored() -> None:
             assert dict(baggage_api.get_all(context)) == {}
         else:
             assert not span_context.is_valid, headers
+
+
+GLOBAL_PROVIDERS = """
+import asyncio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from asignals import AsyncSignal
+from asignals.contrib import opentelemetry as otel
+
+otel.instrument()  # before the application configures OpenTelemetry, as a library would
+exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+metrics.set_meter_provider(MeterProvider([reader]))
+sig = AsyncSignal(name="paid")
+sig.connect(lambda **kwargs: None, weak=False)
+asyncio.run(sig.send(None))
+sends = [p.value for m in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+         if m.name == "asignals.sends" for p in m.data.data_points]
+print([s.name for s in exporter.get_finished_spans()], sends)
+"""
+
+
+def test_the_global_providers_set_after_instrument_are_used() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDERS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "['send paid'] [1]"
