@@ -1,9 +1,10 @@
 """How a send runs the receivers that need awaiting. Private: nothing here knows AsyncSignal.
 
-``AsyncSignal.send``/``send_robust`` (both ``AsyncSignal._send``) run sync receivers
+``AsyncSignal.send``/``send_robust`` (one loop, ``asignals._signal._send``) run sync receivers
 themselves and call :func:`run` with the rest of their rows as soon as one receiver needs
 awaiting, or with all of them when dispatch options are set. The entry point, for
-instrumentation too (``asignals.contrib.opentelemetry`` times receivers through it)::
+instrumentation too (``asignals.contrib.opentelemetry`` times receivers through it, after
+``asignals._signal._prepare`` gave it the sender, rows and options of a send)::
 
     await run(signal, rows, start, results, named, robust,
               concurrent=True, timeout=None, max_concurrency=None) -> results
@@ -51,13 +52,15 @@ receivers still running, and every failure is raised together in an ``ExceptionG
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
+import itertools
 import logging
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -74,19 +77,9 @@ _EAGER = sys.version_info >= (3, 12)
 
 _COROUTINE = types.CoroutineType
 _PENDING: Any = (None, None)  # a result slot whose receiver is still running
+#: Results no receiver returns as an awaitable: a set lookup instead of an attribute lookup.
+NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
 _UNSET: Any = object()
-
-
-def _start_task(
-    loop: asyncio.AbstractEventLoop,
-    coro: Coroutine[Any, Any, Any],
-    context: contextvars.Context,
-) -> asyncio.Task[Any]:
-    if _EAGER:
-        # The task's first step runs now, inside the task (as with eager_task_factory, but
-        # for our tasks only, whatever factory the application set).
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
-    return loop.create_task(coro, context=context)
 
 
 class _Shared:
@@ -201,13 +194,13 @@ class _Batch:
     __slots__ = (
         "doomed",
         "failures",
-        "held",
+        "later",
         "loop",
         "named",
-        "next",
         "ours",
         "parent",
         "parent_busy",
+        "rest",
         "results",
         "robust",
         "rows",
@@ -229,11 +222,12 @@ class _Batch:
     ) -> None:
         self.signal = signal
         self.rows = rows
-        self.next = start
+        # The rows not started yet: the driver takes them one by one, and _split takes all
+        # that are left when the driver suspends (so the driver stops after that receiver).
+        self.rest = itertools.islice(rows, start, None)
         self.named = named
         self.robust = robust
         self.results = results
-        self.held = -1  # the slot of the receiver the driver was suspended in, once split
 
     def prepare(
         self,
@@ -254,15 +248,17 @@ class _Batch:
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
         self.doomed: set[asyncio.Task[Any]] = set()  # the tasks cancel_all() cancelled
+        self.later: Results = []  # the results of the receivers _split started
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
+        later = self.later
         try:
-            self.results[slot] = (fn, task.result())
+            later[slot] = (fn, task.result())
         except asyncio.CancelledError:
-            self.results[slot] = (fn, None)
+            later[slot] = (fn, None)
         except Exception as error:
-            self.results[slot] = (fn, self.caught(entry, error))
+            later[slot] = (fn, self.caught(entry, error))
         except BaseException as error:
             self.fail(error)
 
@@ -279,9 +275,13 @@ class _Batch:
         return None
 
     def task_done(self, task: asyncio.Task[Any]) -> None:
-        slot, fn, entry = self.tasks.pop(task)
-        self.settle(slot, fn, entry, task)
-        if not self.tasks and self.waiter is not None and not self.waiter.done():
+        tasks = self.tasks
+        slot, fn, entry = tasks.pop(task)
+        try:
+            self.later[slot] = (fn, task.result())
+        except BaseException:  # failed or cancelled: the cold path
+            self.settle(slot, fn, entry, task)
+        if not tasks and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     def fail(self, error: BaseException) -> None:
@@ -344,7 +344,7 @@ async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> N
         value = await _invoke(fn, mode, batch.named, None, entry)
     except Exception as exc:
         value = batch.caught(entry, exc)
-    batch.results[slot] = (fn, value)
+    batch.later[slot] = (fn, value)
 
 
 def _split(batch: _Batch) -> None:
@@ -354,16 +354,19 @@ def _split(batch: _Batch) -> None:
     driver per task would make them start one loop iteration after another).
     """
     named = batch.named
-    results = batch.results
-    first = batch.next
-    batch.held = len(results)  # the driver stops after the receiver it is suspended in
-    results.append(_PENDING)
+    # Their results, in order, go after the suspended receiver's, which the driver appends.
+    results: Results = []
+    batch.later = results
     task_group = batch.task_group
     task_done = batch.task_done
-    for index in range(first, len(batch.rows)):
+    tasks = batch.tasks
+    loop = batch.loop
+    context = batch.shared.context
+    eager = _EAGER
+    for get, mode, entry in batch.rest:
         if batch.failures:
+            collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
             return
-        get, mode, entry = batch.rows[index]
         fn = get()
         if fn is None:
             continue
@@ -372,13 +375,16 @@ def _split(batch: _Batch) -> None:
             # has already registered the sending task to be woken), so every one gets a task.
             slot = len(results)
             results.append(_PENDING)
-            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), batch.shared.context)
+            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), context)
             continue
         try:
-            value: Any = _call(
-                fn, mode, named, None
-            )  # a sync one runs inline, in the caller's context
-            if mode == INLINE and (value is None or not hasattr(type(value), "__await__")):
+            # A sync receiver runs inline, in the caller's context.
+            value: Any = fn(**named) if mode != THREAD else _in_thread(fn, named, False)
+            if mode == INLINE and (
+                value is None
+                or type(value) in NOT_AWAITABLE
+                or not hasattr(type(value), "__await__")
+            ):
                 results.append((fn, value))
                 continue
         except Exception as exc:
@@ -388,12 +394,17 @@ def _split(batch: _Batch) -> None:
         results.append(_PENDING)
         if type(value) is not _COROUTINE:
             value = _wrap(value)
-        assert batch.loop is not None
-        task = _start_task(batch.loop, value, batch.shared.context)
-        if task.done():  # an eager task that ran to the end already
-            batch.settle(slot, fn, entry, task)
-            continue
-        batch.tasks[task] = (slot, fn, entry)
+        task: asyncio.Task[Any]
+        if eager:
+            # The task's first step runs now, inside the task (as with eager_task_factory,
+            # but for our tasks only, whatever factory the application set).
+            task = asyncio.Task(value, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
+            if task.done():  # it ran to the end already
+                batch.settle(slot, fn, entry, task)
+                continue
+        else:
+            task = loop.create_task(value, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+        tasks[task] = (slot, fn, entry)
         task.add_done_callback(task_done)
 
 
@@ -415,12 +426,9 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
     straight up to whoever steps this generator, which then calls :func:`_split` so that the
     rest do not wait.
     """
-    rows = batch.rows
     named = batch.named
     results = batch.results
-    for index in range(batch.next, len(rows)):
-        batch.next = index + 1
-        get, mode, entry = rows[index]
+    for get, mode, entry in batch.rest:
         fn = get()
         if fn is None:
             continue
@@ -443,12 +451,8 @@ def _drive(batch: _Batch) -> Generator[Any, Any, None]:
                 raise
             log_failure(batch.signal, entry, named["sender"], exc)
             value = exc
-        if batch.held < 0:
-            results.append((fn, value))
-        else:
-            # This receiver suspended, and _split started every one after it meanwhile.
-            results[batch.held] = (fn, value)
-            return
+        # If this receiver suspended, _split took every row after it: the loop ends here.
+        results.append((fn, value))
 
 
 if not TYPE_CHECKING:  # a coroutine to the interpreter (it yields from coroutines), a
@@ -511,9 +515,12 @@ async def run(
     # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
     try:
-        value = driver.send(None)
-    except StopIteration:
-        return results  # nothing suspended: no task was needed
+        # A for loop, not driver.send(None): the end of a generator costs no StopIteration
+        # there, and most sends end here, with no receiver suspended and no task needed.
+        for value in driver:  # noqa: B007 - the first suspension, carried on below
+            break
+        else:
+            return results
     except Exception as exc:
         raise group(signal, [exc]) from None
     batch.prepare(loop, asyncio.current_task(), None)
@@ -556,6 +563,7 @@ async def run(
         batch.shared.restore()
     if batch.failures:
         raise group(signal, batch.failures)
+    results.extend(batch.later)
     return results
 
 
@@ -571,9 +579,10 @@ async def _run_trio(batch: _Batch) -> Results:
     try:
         async with anyio.create_task_group() as task_group:
             try:
-                value = driver.send(None)
-            except StopIteration:
-                return batch.results
+                for value in driver:  # noqa: B007 - as in run()
+                    break
+                else:
+                    return batch.results
             except Exception as exc:
                 # Raised after the group, so that trio does not wrap it in a group of its own.
                 batch.failures = [exc]
@@ -590,6 +599,7 @@ async def _run_trio(batch: _Batch) -> Results:
             batch.shared.restore()  # after the group: its tasks have all finished
     if batch.failures:
         raise group(batch.signal, batch.failures)
+    batch.results.extend(batch.later)
     return batch.results
 
 

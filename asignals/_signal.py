@@ -10,11 +10,12 @@ keyword arguments) and the receivers' result type ``R``, as in mitmproxy's signa
 checkers see every sender and receiver against the spec. An untyped ``AsyncSignal()`` is
 ``AsyncSignal[..., Any]`` and accepts anything, as before.
 
-The send path: :meth:`AsyncSignal.send` and :meth:`AsyncSignal.send_robust` return the
-coroutine of one loop, :meth:`AsyncSignal._send`, which runs sync receivers inline (and the last
-receiver, if async, at the cost of a plain ``await``) and hands the rest of the rows to
-:func:`asignals._dispatch.run` at the first receiver that needs awaiting. A receiver's failure
-is handled by :func:`asignals._dispatch.failed`, off the hot path.
+The send path is one loop, :func:`_send`, which *is* ``AsyncSignal.send`` at run time (type
+checkers see a typed signature) and which ``send_robust`` calls with a marker: it runs sync
+receivers inline (and the last receiver, if async, at the cost of a plain ``await``) and hands
+the rest of the rows to :func:`asignals._dispatch.run` at the first receiver that needs
+awaiting. A receiver's failure is handled by :func:`asignals._dispatch.failed`, off the hot
+path. :func:`_prepare` is the start of that loop for instrumentation that runs the rows itself.
 """
 
 from __future__ import annotations
@@ -82,11 +83,9 @@ _OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
 _ROBUST: Final = "\x00robust"
 # The keywords that take a send off its fast path.
 _SPECIAL: Final = RESERVED | {_ROBUST}
-# Results no receiver returns as an awaitable: the check costs a set lookup instead of an
-# attribute lookup on the result's type.
 # No send's keyword names equal it (_ROBUST is gone by then): sends take the slow path.
 _NEVER: Final = frozenset({_ROBUST})
-_NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
+_NOT_AWAITABLE: Final = _dispatch.NOT_AWAITABLE
 
 
 class _IdCache(dict[int, tuple[Row, ...]]):
