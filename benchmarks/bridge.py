@@ -14,9 +14,10 @@ For each transport a consumer process runs a broadcast bridge; this process publ
    ``time.monotonic_ns()`` (one clock for every process on Linux); the consumer reports
    p50/p99/max from the send call to its receiver running. Beside each transport, its
    *limit*: the same stamped payload through the bare client (Redis: ``XADD`` / blocking
-   ``XREAD`` with redis-py), no asignals. Repeated K times, interleaved with the limit; the
-   medians are reported. On a shared machine the tail is mostly scheduling noise that hits
-   the limit alike, which is why it is measured beside it.
+   ``XREAD`` with redis-py; JetStream: ``js.publish`` / nats-py's ordered push consumer), no
+   asignals. Repeated K times, interleaved with the limit; the medians are reported. On a
+   shared machine the tail is mostly scheduling noise that hits the limit alike, which is why
+   it is measured beside it.
 
 Targets (issue 12): >= 30,000 events/s confirmed, p99 < 2 ms at 1,000 events/s.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -78,6 +80,57 @@ async def _redis_raw_producer(url: str, stream: str) -> tuple[Any, Callable[[byt
     return client, send
 
 
+def _jetstream(url: str) -> Transport:
+    from asignals.bridge import JetStream
+
+    return JetStream(url)
+
+
+async def _jetstream_context(url: str, stream: str) -> tuple[Any, Any]:
+    import nats
+    import nats.js.errors
+
+    client = await nats.connect(url)
+    js = client.jetstream()
+    try:
+        await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(name=stream, subjects=[stream])
+    return client, js
+
+
+async def _jetstream_raw_consumer(
+    url: str, stream: str, on_message: Callable[[bytes], bool]
+) -> None:
+    """The latency limit: nats-py's own ordered push consumer, nothing else."""
+    from nats.js.api import DeliverPolicy
+
+    client, js = await _jetstream_context(url, stream)
+    done = asyncio.Event()
+
+    async def receive(msg: Any) -> None:
+        if not on_message(msg.data):
+            done.set()
+
+    await js.subscribe(stream, cb=receive, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+    await done.wait()
+    await client.close()
+
+
+async def _jetstream_raw_producer(url: str, stream: str) -> tuple[Any, Callable[[bytes], Any]]:
+    """``js.publish``: one message, awaiting JetStream's ack."""
+    client, js = await _jetstream_context(url, stream)
+
+    class Closing:
+        async def aclose(self) -> None:
+            await client.close()
+
+    async def send(data: bytes) -> None:
+        await js.publish(stream, data)
+
+    return Closing(), send
+
+
 #: name -> (default URL, factory, bare-client limit (consumer, producer) or None).
 #: Other transports add themselves here.
 TRANSPORTS: dict[str, tuple[str, Callable[[str], Transport], Any]] = {
@@ -85,6 +138,11 @@ TRANSPORTS: dict[str, tuple[str, Callable[[str], Transport], Any]] = {
         os.environ.get("ASIGNALS_REDIS_URL", "redis://127.0.0.1:6379/0"),
         _redis,
         (_redis_raw_consumer, _redis_raw_producer),
+    ),
+    "jetstream": (
+        os.environ.get("ASIGNALS_NATS_URL", "nats://127.0.0.1:4222"),
+        _jetstream,
+        (_jetstream_raw_consumer, _jetstream_raw_producer),
     ),
 }
 
@@ -243,6 +301,15 @@ async def _drop_stream(remote: Remote) -> None:
         client = Redis.from_url(remote.url)
         await client.delete(remote.stream, remote.stream + "-raw")
         await client.aclose()
+    elif remote.name == "jetstream":
+        import nats
+        import nats.js.errors
+
+        nc = await nats.connect(remote.url)
+        for name in (remote.stream, remote.stream + "-raw"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_stream(name)
+        await nc.close()
 
 
 async def producer(options: argparse.Namespace, extra: list[str]) -> None:

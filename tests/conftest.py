@@ -122,8 +122,6 @@ class BridgeKit:
     """
 
     name = ""
-    #: The broker stores a re-published message (same bytes) once (JetStream's Nats-Msg-Id).
-    stores_repeats_once = False
 
     def make(self) -> Any:
         """A new, unopened transport (one per Bridge)."""
@@ -249,7 +247,6 @@ def nats_url() -> str:
 
 class JetStreamKit(BridgeKit):
     name = "jetstream"
-    stores_repeats_once = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -266,7 +263,7 @@ class JetStreamKit(BridgeKit):
         return await nats.connect(self.url, connect_timeout=2, max_reconnect_attempts=0)
 
     async def inject(self, stream: str, data: bytes) -> None:
-        # A foreign writer: no Nats-Msg-Id, so equal payloads are stored twice.
+        # A foreign writer: nats-py's own publish, into the stream the bridge uses.
         transport = self.make()
         await transport.open(stream)  # creates the stream
         await transport.close()

@@ -1,18 +1,17 @@
-"""The :class:`Bridge`: everything about carrying signals across processes that does not depend
-on the broker (modes, encoding, retries, dead letters, timeouts), over a
-:class:`~asignals.bridge._transport.Transport`."""
+"""The :class:`Bridge`: configuration, lifecycle and the sending half of carrying signals across
+processes, over a :class:`~asignals.bridge._transport.Transport`. The reading half (retries,
+dead letters, claims) is :mod:`asignals.bridge._receiving`; the queue to the broker is
+:mod:`asignals.bridge._publisher`."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import datetime as dt
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 from .._reserved import RESERVED
@@ -20,10 +19,11 @@ from . import _hooks
 from ._backoff import Backoff
 from ._codec import DecodeError, EncodeError, JsonCodec
 from ._dedup import Deduplicator
-from ._envelope import Encoded, Envelope, Event, Registry
+from ._envelope import Encoded, Event, Registry
 from ._publisher import Publisher, PublishError
-from ._sending import Outgoing, delivering, install, outgoing, uninstall
-from ._transport import DeadLetter, Delivery, Subscription, Transport, Unavailable
+from ._receiving import Receiver
+from ._sending import Outgoing, delivering, install, uninstall
+from ._transport import DeadLetter, Transport, Unavailable
 
 __all__ = ["Bridge", "Mode"]
 
@@ -31,31 +31,6 @@ logger = logging.getLogger("asignals.bridge")
 
 Mode = Literal["broadcast", "shared", "publish"]
 S = TypeVar("S")
-
-_TRAILS = 10_000  # failure records kept for dead-letter provenance
-
-
-class _Trail:
-    """What this process saw of one message's failed deliveries (for dead-letter provenance)."""
-
-    __slots__ = ("error", "error_type", "first", "last", "receivers")
-
-    def __init__(self, now: float) -> None:
-        self.first = now
-        self.last = now
-        self.error = ""
-        self.error_type = ""
-        self.receivers = ""
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _name_of(receiver: Any) -> str:
-    name = getattr(receiver, "__qualname__", None) or type(receiver).__qualname__
-    module = getattr(receiver, "__module__", None)
-    return f"{module}.{name}" if module else str(name)
 
 
 def _is_remote_echo(signal: Any, sender: Any, kwargs: dict[str, Any]) -> bool:
@@ -87,14 +62,12 @@ def _sender_map(senders: Any) -> Mapping[str, Any]:
     if senders is None:
         return {}
     if not isinstance(senders, Mapping):
-        example = ", ".join(
-            f"{getattr(s, '__name__', 'Name')!r}: {getattr(s, '__name__', 'sender')}"
-            for s in (list(senders) if isinstance(senders, Iterable) else [senders])[:3]
-        )
+        given = list(senders) if isinstance(senders, Iterable) else [senders]
+        names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
+        example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
         raise TypeError(
             f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
-            f"write senders={{{example or repr('Order') + ': Order'}}} "
-            f"(the same names in every process)"
+            f"write senders={{{example}}} (the same names in every process)"
         )
     return senders
 
@@ -201,18 +174,13 @@ class Bridge:
         self._max_attempts = max_attempts
         self._batch_size = batch_size
         self._reconnect_backoff = reconnect_backoff
-        self._retry_backoff = Backoff(*retry_backoff)
+        self._retry_backoff = retry_backoff
         self._dedupe = dedupe
         self._uid = f"asignals.bridge:{self.origin}:{stream}"
         self._publisher: Publisher | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._subscription: Subscription | None = None
-        self._fetching = False
-        self._stopping = False
-        self._ready = asyncio.Event()
-        self._running: set[Delivery] = set()  # fetched and not settled (shared mode)
-        self._trails: collections.OrderedDict[str, _Trail] = collections.OrderedDict()
+        self._receiver: Receiver | None = None
+        #: Sends encoded and not yet taken by the publishing receiver (see ``_sending``).
+        self._outgoing: list[Outgoing] = []
         for signal in signal_list:
             self.attach(signal)
         for name, sender in sender_map.items():
@@ -278,8 +246,6 @@ class Bridge:
         """
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        self._stopping = False
-        self._ready.clear()
         await self._open()
         self._publisher = Publisher(
             self.transport,
@@ -291,24 +257,28 @@ class Bridge:
         )
         self._publisher.start()
         if self.mode != "publish":
-            self._reader = asyncio.create_task(
-                self._read_loop(), name=f"asignals.bridge read {self.stream}"
+            self._receiver = Receiver(
+                self.transport,
+                self._registry,
+                stream=self.stream,
+                mode=self.mode,
+                group=self.group,
+                consumer=self.consumer,
+                origin=self.origin,
+                claim_idle=self._claim_idle,
+                max_attempts=self._max_attempts,
+                batch_size=self._batch_size,
+                reconnect_backoff=self._reconnect_backoff,
+                retry_backoff=self._retry_backoff,
+                dedupe=self._dedupe,
+                stop_timeout=self._stop_timeout,
+                write_timeout=self._publish_timeout,
             )
-            ready = asyncio.ensure_future(self._ready.wait())
-            await asyncio.wait(
-                {ready, self._reader},
-                timeout=self._publish_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            ready.cancel()
-            if self._reader.done():
-                error = self._reader.exception()
+            try:
+                await self._receiver.start(self._publish_timeout)
+            except RuntimeError as exc:
                 await self.stop()
-                raise RuntimeError(f"the reader of {self!r} died") from error
-            if self.mode == "shared":
-                self._heartbeat = asyncio.create_task(
-                    self._extend_loop(), name=f"asignals.bridge claims {self.stream}"
-                )
+                raise RuntimeError(f"the reader of {self!r} died") from exc.__cause__
         for signal in self._registry.signals.values():
             self._hook(signal)
 
@@ -334,46 +304,23 @@ class Bridge:
         """
         if not self.running:
             return
-        self._stopping = True
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            if not self._fetching:
-                await asyncio.wait({reader}, timeout=self._stop_timeout)
-            while not reader.done():
-                # A client can swallow a cancel that lands before its command starts, which
-                # would leave us waiting out a whole poll; cancel until it takes.
-                reader.cancel()
-                await asyncio.wait({reader}, timeout=0.05)
-            await asyncio.gather(reader, return_exceptions=True)
-        heartbeat, self._heartbeat = self._heartbeat, None
-        if heartbeat is not None:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            await receiver.stop()
         for signal in self._registry.signals.values():
             self._unhook(signal)
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
             await publisher.close()
-        # Cut off by stop_timeout: they ran partly, so they count as an attempt, and the group
-        # gets them now rather than after claim_idle.
-        for delivery in list(self._running):
-            await self._settle(delivery, delivery.retry(0.0))
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            await self._quietly(subscription.close())
-        await self._quietly(self.transport.close())
+        try:
+            await asyncio.wait_for(self.transport.close(), 5.0)
+        except Exception as exc:
+            logger.warning("closing %r failed: %r", self.transport, exc)
 
     async def flush(self) -> None:
         """Wait until every event sent so far is stored (useful with ``confirm=False``)."""
         if self._publisher is not None:
             await self._publisher.flush()
-
-    @staticmethod
-    async def _quietly(call: Awaitable[None]) -> None:
-        try:
-            await asyncio.wait_for(call, 5.0)
-        except Exception as exc:
-            logger.warning("cleaning up the bridge failed: %r", exc)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -385,15 +332,36 @@ class Bridge:
         signal.disconnect(dispatch_uid=self._uid)
         uninstall(signal, self)
 
-    def _prepare(
-        self, signal: Any, sender: Any, kwargs: dict[str, Any], nxt: Outgoing | None
-    ) -> Outgoing:
+    def _prepare(self, signal: Any, sender: Any, kwargs: dict[str, Any], local: bool) -> Outgoing:
         """Encode one send for this bridge before any receiver runs (see ``_sending``)."""
+        if local:
+            return Outgoing(signal, sender, kwargs, {}, None)
         name = self._registry.signal_name(signal)
         if name is None:
             raise EncodeError(f"{signal!r} is not bridged by {self!r}")
         body = self._registry.body(name, sender, kwargs)
-        return Outgoing(self, signal, body, self._registry.dump(body), nxt)
+        return Outgoing(signal, sender, kwargs, body, self._registry.dump(body))
+
+    def _take(self, signal: Any, sender: Any, kwargs: dict[str, Any]) -> Outgoing | None:
+        """The encoded event of the send this receiver call belongs to, removed from the list.
+
+        Newest first: it is almost always the last one appended (the list holds only sends
+        whose receivers are running).
+        """
+        pending = self._outgoing
+        for index in range(len(pending) - 1, -1, -1):
+            out = pending[index]
+            if out.matches(signal, sender, kwargs):
+                del pending[index]
+                out.signal = None  # taken: the wrapper need not look for it
+                return out
+        return None
+
+    def _forget(self, out: Outgoing) -> None:
+        for index, pending in enumerate(self._outgoing):
+            if pending is out:
+                del self._outgoing[index]
+                return
 
     def _publish(self, signal: Any, sender: Any, **kwargs: Any) -> Awaitable[None] | None:
         """The receiver connected to every bridged signal: queue the encoded event, maybe wait.
@@ -405,14 +373,11 @@ class Bridge:
         publisher = self._publisher
         if publisher is None:
             return None
-        out = outgoing.get()
-        while out is not None and (out.bridge is not self or out.signal is not signal):
-            out = out.next
+        out = self._take(signal, sender, kwargs)
         if out is not None:
-            data, out.data = out.data, None
-            if data is None:
-                return None  # already queued by this send
-            body = out.body
+            if out.data is None:
+                return None  # a local-only send
+            body, data = out.body, out.data
         elif _is_remote_echo(signal, sender, kwargs):
             return None
         else:  # a send that bypassed signal.send (see _sending): encode it now
@@ -498,225 +463,3 @@ class Bridge:
         hooks = _hooks.hooks
         if hooks is not None:
             hooks.on_dead_letter(signal, reason)
-
-    # -- reading ---------------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        backoff = Backoff(*self._reconnect_backoff)
-        shared = self.mode == "shared"
-        while not self._stopping:
-            try:
-                if self._subscription is None:
-                    self._subscription = await self.transport.subscribe(
-                        mode="shared" if shared else "broadcast",
-                        group=self.group,
-                        consumer=self.consumer,
-                        claim_idle=self._claim_idle,
-                        max_attempts=self._max_attempts,
-                    )
-                    self._ready.set()
-                # Shared mode takes one event at a time: what is fetched is being worked on,
-                # so no other worker waits behind this one's queue.
-                deliveries = await self._fetch(
-                    self._subscription, 1 if shared else self._batch_size
-                )
-            except Exception as exc:
-                if self._stopping:
-                    return
-                if not backoff.failing:
-                    level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
-                    logger.log(level, "reading %r failed, retrying: %r", self.stream, exc)
-                await backoff.sleep()
-                continue
-            if backoff.failing:
-                logger.info("reading %r again", self.stream)
-                backoff.reset()
-            for index, delivery in enumerate(deliveries):
-                if self._stopping:
-                    if shared:
-                        await self._release(deliveries[index:])
-                    return
-                await self._handle(delivery, shared)
-
-    async def _fetch(self, subscription: Subscription, count: int) -> Sequence[Delivery]:
-        """Await a fetch; only here may :meth:`stop` cancel the reader at once."""
-        if self._stopping:
-            return ()
-        self._fetching = True
-        try:
-            return await subscription.fetch(count)
-        finally:
-            self._fetching = False
-
-    async def _extend_loop(self) -> None:
-        """Keep the claims of the events being run alive, so no healthy worker loses one."""
-        while True:
-            await asyncio.sleep(self._claim_idle / 3)
-            for delivery in list(self._running):
-                try:
-                    await delivery.extend()
-                except Exception as exc:
-                    logger.warning("extending the claim on %s failed: %r", delivery.id, exc)
-
-    async def _release(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            self._running.discard(delivery)
-            try:
-                await asyncio.wait_for(delivery.release(), 2.0)
-            except Exception as exc:
-                logger.warning("could not hand %s back to the group: %r", delivery.id, exc)
-
-    async def _settle(self, delivery: Delivery, call: Awaitable[None]) -> None:
-        self._running.discard(delivery)
-        try:
-            await call
-        except Exception as exc:  # the broker redelivers it later: at least once
-            logger.warning("settling %s of %r failed: %r", delivery.id, self.stream, exc)
-
-    async def _handle(self, delivery: Delivery, shared: bool) -> None:
-        """Decode, filter, deliver and settle one message."""
-        if shared:
-            self._running.add(delivery)
-        try:
-            envelope = self._registry.parse(delivery.data)
-        except DecodeError as exc:
-            await self._dead_letter(delivery, None, "undecodable", exc, shared)
-            return
-        if envelope.origin == self.origin or (shared and envelope.group == self.group):
-            # Our own event (broadcast), or one a worker of this group already ran as its
-            # sender: its receivers ran in the send.
-            if shared:
-                await self._settle(delivery, delivery.ack())
-            return
-        if self._dedupe is not None and self._dedupe.seen(envelope.id):
-            if shared:
-                await self._settle(delivery, delivery.ack())
-            return
-        if shared and delivery.attempt > self._max_attempts:
-            # The last attempt's worker died or stalled: no receiver gets it again.
-            attempts = delivery.attempt - 1
-            await self._dead_letter(delivery, envelope, "max_attempts", None, shared, attempts)
-            return
-        try:
-            event = self._registry.resolve(envelope)
-        except DecodeError as exc:
-            await self._dead_letter(delivery, envelope, "undecodable", exc, shared)
-            return
-        error, failed = await self._deliver(event, delivery.attempt)
-        if error is None:
-            if self._dedupe is not None:
-                self._dedupe.add(envelope.id)
-            self._trails.pop(delivery.id, None)
-            if shared:
-                await self._settle(delivery, delivery.ack())
-            return
-        trail = self._trail(delivery.id)
-        trail.error_type = f"{type(error).__module__}.{type(error).__qualname__}"
-        trail.error = str(error)[:2000]
-        trail.receivers = ",".join(failed)
-        if not shared:
-            return  # broadcast has no redelivery; send_robust logged the failure
-        if not failed:  # the send itself refused the event (a typed signal's check, say)
-            await self._dead_letter(delivery, envelope, "undeliverable", None, shared)
-        elif delivery.attempt >= self._max_attempts:
-            await self._dead_letter(delivery, envelope, "max_attempts", None, shared)
-        else:
-            delay = self._retry_backoff.delay(delivery.attempt - 1)
-            await self._settle(delivery, delivery.retry(delay))
-
-    def _trail(self, delivery_id: str) -> _Trail:
-        now = time.time()
-        trail = self._trails.get(delivery_id)
-        if trail is None:
-            trail = self._trails[delivery_id] = _Trail(now)
-            if len(self._trails) > _TRAILS:
-                self._trails.popitem(last=False)
-        trail.last = now
-        return trail
-
-    async def _deliver(self, event: Event, attempt: int) -> tuple[BaseException | None, list[str]]:
-        """Send a remote event to local receivers: (an error, the receivers that raised)."""
-        token = delivering.set(event)
-        untoken = outgoing.set(None)
-        send = type(event.signal).send_robust  # not the bridged one: this is no new event
-        try:
-            hooks = _hooks.hooks
-            if hooks is None:
-                results = await send(event.signal, event.sender, **event.kwargs)
-            else:
-                headers = dict(event.envelope.headers)
-                with hooks.on_deliver(event.envelope.signal, headers, attempt):
-                    results = await send(event.signal, event.sender, **event.kwargs)
-        except Exception as exc:
-            logger.error("delivering %s from %r failed: %r", event.envelope.id, self.stream, exc)
-            return exc, []
-        finally:
-            outgoing.reset(untoken)
-            delivering.reset(token)
-        failures = [(r, x) for r, x in results if isinstance(x, BaseException)]
-        if not failures:
-            return None, []
-        return failures[-1][1], [_name_of(r) for r, _ in failures]
-
-    async def _dead_letter(
-        self,
-        delivery: Delivery,
-        envelope: Envelope | None,
-        reason: str,
-        error: BaseException | None,
-        shared: bool,
-        attempts: int | None = None,
-    ) -> None:
-        """Move a message to the dead letters with its provenance, then settle it.
-
-        ``error`` is why it cannot be delivered (a decoding error); without it, the failures
-        this process recorded for the message are the provenance.
-        """
-        trail = self._trails.pop(delivery.id, None)
-        now = time.time()
-        receivers = ""
-        if error is not None:
-            error_type = f"{type(error).__module__}.{type(error).__qualname__}"
-            message = str(error)[:2000]
-        elif trail is not None and trail.error:
-            error_type, message, receivers = trail.error_type, trail.error, trail.receivers
-        else:
-            error_type = ""
-            message = (
-                f"delivered {delivery.attempt - 1} time(s) without an acknowledgement: "
-                f"the worker stopped or stayed stuck past claim_idle={self._claim_idle}s"
-            )
-        provenance = {
-            "reason": reason,
-            "error": message,
-            "error_type": error_type,
-            "attempts": str(delivery.attempt if attempts is None else attempts),
-            "failed_receivers": receivers,
-            "first_delivery": _iso(trail.first if trail is not None else now),
-            "last_delivery": _iso(trail.last if trail is not None else now),
-            "original_id": delivery.id,
-            "stream": self.stream,
-            "mode": self.mode,
-            "consumer": self.consumer if shared else self.origin,
-        }
-        if self.group:
-            provenance["group"] = self.group
-        if envelope is not None:
-            provenance["signal"] = envelope.signal
-            provenance["envelope_id"] = envelope.id
-            provenance["sent_at"] = _iso(envelope.ts)
-        logger.error("dead-lettering %s of %r (%s): %s", delivery.id, self.stream, reason, message)
-        try:
-            await asyncio.wait_for(
-                self.transport.dead_letter(delivery.data, provenance), self._publish_timeout
-            )
-        except Exception as exc:
-            # Not acknowledged: the group delivers it again and this is retried.
-            logger.error("could not write the dead letter for %s: %r", delivery.id, exc)
-            self._running.discard(delivery)
-            return
-        hooks = _hooks.hooks
-        if hooks is not None:
-            hooks.on_dead_letter(envelope.signal if envelope is not None else "", reason)
-        if shared:
-            await self._settle(delivery, delivery.ack())

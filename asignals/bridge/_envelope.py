@@ -204,10 +204,14 @@ class Registry:
         Raises :class:`EncodeError` naming the keyword argument that cannot travel.
         """
         hints = self.hints(name)
+        encode = self.codec.encode
         encoded: dict[str, Any] = {}
         for key, value in kwargs.items():
+            if type(value) in _PLAIN:  # most kwargs: no trip through the codec
+                encoded[key] = value
+                continue
             try:
-                encoded[key] = self.codec.encode(value, hints.get(key))
+                encoded[key] = encode(value, hints.get(key))
             except EncodeError as exc:
                 raise EncodeError(f"{name}: keyword argument {key!r}: {exc}") from None
         return {

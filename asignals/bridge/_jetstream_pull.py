@@ -1,16 +1,22 @@
-"""Pull requests on one JetStream consumer that never hold back messages nobody asked for.
+"""Pull requests on one JetStream consumer, answered the moment a message lands.
 
 Why not nats-py's ``PullSubscription.fetch``: a fetch of a batch waits until the batch is full
 or its timeout ran out, so a trickle of events waits for the timeout (hundreds of milliseconds
-at 1,000 events/s), and whatever it pulled beyond what the caller can start sits unacked with
-its ``ack_wait`` clock running. Here each :meth:`Puller.fetch` first asks for what is there now
-(``no_wait``, up to ``count``); only when nothing is, it leaves a request for *one* message open
-until the poll interval ends, and returns the moment that message lands. At most one request
-is open at a time (each has its own reply subject, so a late status of an old one is told
-apart), so at most one message can arrive that no fetch is waiting for. The server's idle
-heartbeats on the open request tell a quiet consumer from a lost one (a restarted server, a
-deleted ephemeral consumer): silence raises :class:`ConsumerLost` and the caller re-creates or
-re-binds the consumer.
+at 1,000 events/s). Here one pull request stays open on the server and :meth:`Puller.fetch`
+returns as soon as anything arrived. Two ways to ask, for the two modes:
+
+``streaming`` (broadcast: no acks, nothing can look busy to anyone)
+    a request for ``batch`` messages stays open across fetches, so the server pushes each new
+    message as it is stored, as to a push consumer.
+one at a time (shared: a worker must hold no message it has not started, or its ``ack_wait``
+clock runs while other workers idle)
+    a request for a single message, left open until the poll interval ends (the bridge
+    starts one shared event at a time).
+
+Each request has its own reply subject, so a late status about an old request (it expired, it
+was cut short) is told apart from the open one. The server's idle heartbeats on the open
+request tell a quiet consumer from a lost one (a restarted server, a deleted ephemeral
+consumer): silence raises :class:`ConsumerLost` and the caller re-creates or re-binds it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerLost", "Puller"]
 
 _HEARTBEAT = "100"
+_STREAMING_EXPIRES = 30.0
 _GONE = ("consumer deleted", "push based")
 
 
@@ -46,25 +53,41 @@ class _Request:
         self.until = until  # loop time by which the server must have said something
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Puller:
     """Fetches from consumer ``consumer`` of ``stream`` through one inbox."""
 
     def __init__(
-        self, client: Client, stream: str, consumer: str, *, wait: float, heartbeat: float
+        self,
+        client: Client,
+        stream: str,
+        consumer: str,
+        *,
+        wait: float,
+        heartbeat: float,
+        streaming: int = 0,
     ) -> None:
         self._client = client
         self._stream = stream
         self._wait = wait
         self._heartbeat = heartbeat
+        self._streaming = streaming
         self._inbox = client.new_inbox()
         self._ids = itertools.count()
         self._queue: collections.deque[Msg] = collections.deque()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._sub: Subscription | None = None
         self._open: _Request | None = None
-        self._linger = json.dumps(
-            {"batch": 1, "expires": int(wait * 1e9), "idle_heartbeat": int(heartbeat * 1e9)}
-        ).encode()
+        beat = int(heartbeat * 1e9)
+        if streaming:  # long-lived: its heartbeats, not its expiry, show the consumer is there
+            ask = {"batch": streaming, "expires": int(_STREAMING_EXPIRES * 1e9)}
+        else:
+            ask = {"batch": 1, "expires": int(wait * 1e9)}
+        self._ask = json.dumps({**ask, "idle_heartbeat": beat}).encode()
         self.retarget(consumer)
 
     def retarget(self, consumer: str) -> None:
@@ -88,7 +111,8 @@ class Puller:
 
     async def _on_message(self, msg: Msg) -> None:
         self._queue.append(msg)
-        self._wake.set()
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     async def _request(self, body: bytes, left: int, lasts: float) -> None:
         reply = f"{self._inbox}.{next(self._ids)}"
@@ -96,24 +120,21 @@ class Puller:
         self._open = _Request(reply, left, asyncio.get_running_loop().time() + lasts)
 
     async def fetch(self, count: int) -> list[Msg]:
-        """At most ``count`` messages: those available now, else the first within the wait."""
+        """Up to ``count`` messages that arrived, waiting up to the poll interval for one."""
         out: list[Msg] = []
         self._take(out, count)
         if out:
             return out
-        if self._open is None and count > 1:
-            body = json.dumps({"batch": count, "no_wait": True}).encode()
-            await self._request(body, count, 2 * self._heartbeat)
-            await self._answer(out, count)
-            if out:
-                return out
-        if self._open is None:  # else the open request may still bring its message: wait
-            await self._request(self._linger, 1, self._wait + self._heartbeat)
-        await self._answer(out, 1)
+        if self._open is None:
+            # Until its first heartbeat (streaming) or its expiry (one at a time), plus slack.
+            lasts = 3 * self._heartbeat if self._streaming else self._wait + self._heartbeat
+            await self._request(self._ask, self._streaming or 1, lasts)
+        await self._answer(out, count)
         return out
 
     def _take(self, out: list[Msg], count: int) -> None:
         """Move arrived data messages to ``out``; close the open request when it is over."""
+        loop = asyncio.get_running_loop()
         while self._queue and len(out) < count:
             msg = self._queue.popleft()
             request = self._open
@@ -125,6 +146,8 @@ class Puller:
                     request.left -= 1
                     if request.left <= 0:
                         self._open = None
+                    elif self._streaming:
+                        request.until = loop.time() + 3 * self._heartbeat
                 continue
             if request is None or msg.subject != request.reply:
                 continue  # about an earlier request, given up on already
@@ -134,24 +157,32 @@ class Puller:
                 self._open = None
                 raise ConsumerLost(description)
             if status == _HEARTBEAT:
-                request.until = asyncio.get_running_loop().time() + 3 * self._heartbeat
+                request.until = loop.time() + 3 * self._heartbeat
                 continue
             self._open = None  # 404 no messages, 408 expired or partly served, 409 cut short
 
     async def _answer(self, out: list[Msg], count: int) -> None:
-        """Wait until ``out`` has something or the open request is over or overdue."""
+        """Wait for a message, at most the poll interval; raise if the request went silent."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait
         while True:
             self._take(out, count)
             request = self._open
             if out or request is None:
                 return
-            remaining = request.until - loop.time()
-            if remaining <= 0:
+            now = loop.time()
+            if now >= request.until:
                 self._open = None
                 if self._client.is_connected:
                     raise ConsumerLost("the consumer did not answer a pull request")
                 return  # an outage: the caller reports it
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+            if now >= deadline:
+                return  # the request stays open for the next fetch
+            # A bare future and a timer: the message callback resolves it directly, one hop.
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(min(request.until, deadline) - now, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None

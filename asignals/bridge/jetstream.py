@@ -14,9 +14,9 @@ How the bridge's ideas map onto JetStream:
   after it), a retry is a ``nak`` with the bridge's backoff as delay, and "still working" is
   an in-progress ack. Its ``max_deliver`` is the bridge's ``max_attempts`` plus the one
   delivery on which the bridge dead-letters an event whose last attempt's worker died.
-- Publishing waits for JetStream's acknowledgement of every message (stored in the stream);
-  each message carries a ``Nats-Msg-Id`` derived from its bytes, so a batch retried after a
-  lost reply is stored once within the stream's duplicate window.
+- Publishing waits for JetStream's acknowledgement of every message (stored in the stream).
+  As on Redis, a batch retried after a lost reply can store a message twice: delivery is at
+  least once, and :class:`~asignals.bridge.Deduplicator` drops repeats on the consumer side.
 - nats-py reconnects by itself, forever; while it is away the calls raise ``Unavailable`` and
   the bridge backs off and retries as it does on Redis.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,6 +51,7 @@ __all__ = ["JetStream"]
 
 logger = logging.getLogger("asignals.bridge")
 
+_STREAMING = 10_000  # messages one broadcast pull request may bring
 _INVALID_NAME = frozenset(" \t\r\n.*>/\\")
 #: nats-py's errors after which the same call can succeed later (server away or restarting).
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -80,9 +80,22 @@ def _check_name(kind: str, name: str) -> None:
         )
 
 
-def _msg_id(data: bytes) -> str:
-    # Envelopes carry a random id and a timestamp, so equal bytes are the same event re-sent.
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def _fail(futures: list[asyncio.Future[api.PubAck]], reason: str) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(Unavailable(reason))
+
+
+def _sequences(msg: Msg) -> tuple[int, int, int]:
+    """(delivery count, stream sequence, consumer sequence) from the ack subject.
+
+    ``msg.metadata`` parses the same, plus a datetime and two dataclasses per message.
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[4]), int(tokens[5]), int(tokens[6])
+    metadata = msg.metadata  # the longer form with a domain and an account hash
+    return metadata.num_delivered, metadata.sequence.stream, metadata.sequence.consumer
 
 
 class JetStream:
@@ -98,8 +111,6 @@ class JetStream:
         where dead letters go (default ``<stream>:dead``, as stream and subject) and its limit.
     ``storage`` / ``replicas``
         ``"file"`` (survives a server restart) or ``"memory"``; replicas in a cluster.
-    ``duplicate_window``
-        seconds during which a re-sent message (same bytes) is stored only once.
     ``block``
         how long one fetch waits for a message before returning empty (the bridge's stop and
         housekeeping run between fetches).
@@ -119,7 +130,6 @@ class JetStream:
         dead_letter_max_msgs: int | None = 10_000,
         storage: Literal["file", "memory"] = "file",
         replicas: int = 1,
-        duplicate_window: float = 120.0,
         block: float = 1.0,
         request_timeout: float = 5.0,
         connect_timeout: float = 5.0,
@@ -142,7 +152,6 @@ class JetStream:
             "max_age": max_age,
             "storage": api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY,
             "num_replicas": replicas,
-            "duplicate_window": duplicate_window,
         }
         if dead_letter_stream is not None:
             _check_name("stream", dead_letter_stream)
@@ -155,7 +164,7 @@ class JetStream:
         self._options = dict(options or {})
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
-        self._down = asyncio.Event()  # set while nats-py is reconnecting
+        self._unacked: list[list[asyncio.Future[api.PubAck]]] = []  # batches in flight
         self.stream = ""
         self.dead_letter_stream = ""
         self._stream_ready = False
@@ -181,10 +190,8 @@ class JetStream:
             logger.debug("NATS %s: %s", self.url, exc)
 
         async def on_disconnect() -> None:
-            self._down.set()
-
-        async def on_reconnect() -> None:
-            self._down.clear()
+            for futures in self._unacked:
+                _fail(futures, f"NATS at {self.url} disconnected before acknowledging")
 
         try:
             # One try (and one retry) here: the bridge owns the backoff of a failed start. Once
@@ -197,13 +204,11 @@ class JetStream:
                 max_reconnect_attempts=1,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
                 **self._options,
             )
         except _CONNECT_ERRORS as exc:
             raise Unavailable(f"NATS at {self.url} is not reachable: {exc}") from exc
         client.options["max_reconnect_attempts"] = -1
-        self._down.clear()
         return client
 
     async def close(self) -> None:
@@ -259,44 +264,32 @@ class JetStream:
         await self._ensure_stream()
         js = self._context()
         futures: list[asyncio.Future[api.PubAck]] = []
+        # Acks that cannot come fail at once: on a disconnection (see _connect) or when the
+        # server stays silent for request_timeout. A timer, not a task per batch.
+        timer = asyncio.get_running_loop().call_later(
+            self._request_timeout, _fail, futures, f"JetStream at {self.url} did not acknowledge"
+        )
+        self._unacked.append(futures)
         try:
-            try:
-                for data in messages:
-                    futures.append(
-                        await js.publish_async(
-                            self.stream, data, headers={"Nats-Msg-Id": _msg_id(data)}
-                        )
-                    )
-                await self._acks(futures)
-            except nats.js.errors.NoStreamResponseError as exc:
-                self._stream_ready = False  # the server lost the stream: create it again
-                raise Unavailable(f"no JetStream stream captures {self.stream!r}") from exc
-            except Unavailable:
-                raise
-            except _TRANSIENT as exc:
-                raise Unavailable(f"publishing to JetStream at {self.url} failed: {exc}") from exc
+            for data in messages:
+                futures.append(await js.publish_async(self.stream, data))
+            for future in futures:
+                await future
+        except nats.js.errors.NoStreamResponseError as exc:
+            self._stream_ready = False  # the server lost the stream: create it again
+            raise Unavailable(f"no JetStream stream captures {self.stream!r}") from exc
+        except Unavailable:
+            raise
+        except _TRANSIENT as exc:
+            raise Unavailable(f"publishing to JetStream at {self.url} failed: {exc}") from exc
         finally:
+            timer.cancel()
+            self._unacked.remove(futures)
             for future in futures:
                 if not future.done():
                     future.cancel()  # frees nats-py's slot for an ack that will never come
-
-    async def _acks(self, futures: list[asyncio.Future[api.PubAck]]) -> None:
-        """Wait for the acks, but not through a disconnection (they would never come)."""
-        if not futures:
-            return
-        gathered: asyncio.Future[Any] = asyncio.gather(*futures)
-        lost: asyncio.Future[Any] = asyncio.ensure_future(self._down.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {gathered, lost}, timeout=self._request_timeout, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            lost.cancel()
-        if gathered not in done:
-            gathered.cancel()
-            await asyncio.gather(gathered, return_exceptions=True)
-            raise Unavailable(f"JetStream at {self.url} did not acknowledge the messages")
-        gathered.result()
+                elif not future.cancelled():
+                    future.exception()  # retrieved: the batch already failed on the first
 
     async def dead_letter(self, message: bytes, provenance: Mapping[str, str]) -> None:
         """Store ``message`` in ``<stream>:dead``, the provenance as headers."""
@@ -345,11 +338,11 @@ class _Delivery:
 
     @property
     def id(self) -> str:
-        return str(self._msg.metadata.sequence.stream)
+        return str(_sequences(self._msg)[1])
 
     @property
     def attempt(self) -> int:
-        return self._msg.metadata.num_delivered
+        return _sequences(self._msg)[0]
 
     async def ack(self) -> None:
         await self._settle(self._msg.ack())
@@ -405,7 +398,13 @@ class _Subscription:
         assert client is not None
         block = self._transport._block
         self._puller = Puller(
-            client, self._transport.stream, name, wait=block, heartbeat=max(0.1, block / 2)
+            client,
+            self._transport.stream,
+            name,
+            wait=block,
+            heartbeat=max(0.1, block / 2),
+            # Broadcast holds nothing anyone else could take: let the server push ahead.
+            streaming=_STREAMING if self._mode == "broadcast" else 0,
         )
         await self._puller.start()
 
@@ -510,13 +509,13 @@ class _Subscription:
         """Hand out an ordered consumer's messages; on a gap, re-create it after the last."""
         out: list[Delivery] = []
         for msg in msgs:
-            sequence = msg.metadata.sequence
-            if sequence.consumer != self._last_consumer_seq + 1:
+            _, stream_seq, consumer_seq = _sequences(msg)
+            if consumer_seq != self._last_consumer_seq + 1:
                 logger.debug("ordered consumer %s skipped ahead; re-creating", self._consumer)
                 await self._recover_ordered()
                 break
-            self._last_consumer_seq = sequence.consumer
-            self._last_stream_seq = sequence.stream
+            self._last_consumer_seq = consumer_seq
+            self._last_stream_seq = stream_seq
             out.append(_Delivery(msg))
         return out
 
