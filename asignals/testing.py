@@ -38,6 +38,7 @@ import pytest
 from . import _held
 from ._receivers import describe
 from ._reserved import RESERVED
+from ._shadowing import shadow, unshadow
 from ._signal import AsyncSignal
 
 __all__ = ["DroppedSend", "SentSignal", "SignalRecorder", "signal_recorder"]
@@ -105,19 +106,25 @@ class SignalRecorder:
         for signal in signals:
             if not isinstance(signal, AsyncSignal):
                 raise TypeError(f"SignalRecorder.watch() takes AsyncSignals, got {signal!r}")
-            if any(s is signal for s, _, _ in self._wrapped):
+            if any(w[0] is signal for w in self._wrapped):
                 continue
             for method in ("send", "send_robust"):
-                wrapper = self._wrap(signal, method)
-                setattr(signal, method, wrapper)
+                wrapper = shadow(
+                    signal,
+                    method,
+                    functools.partial(self._wrap, signal, method),
+                    lambda: self._active,
+                )
                 self._wrapped.append((signal, method, wrapper))
         return self
 
-    def _wrap(self, signal: AsyncSignal, method: str) -> Callable[..., Any]:
+    def _wrap(self, signal: AsyncSignal, method: str, _shadowed: object) -> Callable[..., Any]:
+        # What it shadows, or the class's method bound to the signal.
         inner: Callable[..., Coroutine[Any, Any, Any]] = getattr(signal, method)
         robust = method == "send_robust"
 
-        @functools.wraps(inner)
+        # updated=(): not the shadowed wrapper's __dict__ (its place in the chain).
+        @functools.wraps(inner, updated=())
         async def recorded(*args: Any, **kwargs: Any) -> Any:
             # Arguments pass through untouched, so the signal's own checks (a missing sender,
             # a stray positional) still apply.
@@ -158,7 +165,7 @@ class SignalRecorder:
         status: int | None,
         exception: BaseException | None,
     ) -> None:
-        if any(s is signal for s, _, _ in self._wrapped):
+        if any(w[0] is signal for w in self._wrapped):
             self.dropped.append(DroppedSend(signal, sender, kwargs, status, exception))
 
     def close(self) -> None:
@@ -167,9 +174,7 @@ class SignalRecorder:
         if self._on_drop in _held.observers:
             _held.observers.remove(self._on_drop)
         for signal, method, wrapper in reversed(self._wrapped):
-            if signal.__dict__.get(method) is wrapper:
-                delattr(signal, method)
-            # else another recorder wrapped on top of ours; ours now just passes through.
+            unshadow(signal, method, wrapper)  # under another wrapper, ours passes through
         self._wrapped.clear()
 
     def __enter__(self) -> SignalRecorder:
@@ -264,7 +269,7 @@ class SignalRecorder:
         if not sends:
             others = sorted({repr(s.signal) for s in self.sends})
             seen = f" (recorded: {', '.join(others)})" if others else ""
-            watched = any(s is signal for s, _, _ in self._wrapped)
+            watched = any(w[0] is signal for w in self._wrapped)
             hint = "" if watched else f"; {signal!r} is not watched: call .watch() on it first"
             return f"  {signal!r} was never sent{seen}{hint}"
         lines = [f"  {signal!r} was sent {len(sends)} time(s):"]

@@ -666,3 +666,41 @@ async def test_a_live_worker_keeps_an_event_longer_than_claim_idle(
         await eventually(lambda: runs != [])
         await asyncio.sleep(1.5)
     assert runs == [1]
+
+
+# -- a bridge and the pytest recorder on one signal ------------------------------------------
+
+
+@pytest.mark.parametrize("recorder_first", [True, False], ids=["recorder-first", "bridge-first"])
+async def test_a_recorder_and_a_bridge_on_one_signal_both_keep_working(
+    transport: BridgeKit, stream: str, recorder_first: bool
+) -> None:
+    from asignals.testing import SignalRecorder
+
+    sig, there = AsyncSignal(name="s"), AsyncSignal(name="s")
+    remote: list[Any] = []
+    there.connect(lambda sender, **kw: remote.append(kw["n"]), weak=False)
+    ran: list[Any] = []
+    sig.connect(lambda sender, **kw: ran.append(kw), weak=False)
+    recorder = SignalRecorder(sig) if recorder_first else None
+    bridge = make(transport, stream, sig, max_message_bytes=10_000)
+    async with make(transport, stream, there):
+        async with bridge:
+            if recorder is None:
+                recorder = SignalRecorder(sig)
+            await sig.send(None, n=1)
+            with pytest.raises(EncodeError):  # encoded before any receiver runs
+                await sig.send(None, blob="x" * 20_000)
+            assert [kw.get("n") for kw in ran] == [1]
+            await eventually(lambda: remote == [1])
+            recorder.close()
+            # The recorder is gone, the bridge still encodes first and publishes.
+            with pytest.raises(EncodeError):
+                await sig.send(None, blob="x" * 20_000)
+            await sig.send(None, n=2)
+            await eventually(lambda: remote == [1, 2])
+        # The recorder saw the n=1 send (and, wrapped outside the bridge, the refused one too),
+        # nothing after it was closed.
+        recorded = [s.kwargs.get("n") for s in recorder.sends]
+        assert recorded == ([1] if recorder_first else [1, None])
+        assert "send" not in vars(sig) and "send_robust" not in vars(sig)  # nothing left behind

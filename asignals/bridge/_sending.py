@@ -23,10 +23,12 @@ receiver encodes it itself, after the receivers before it ran.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from .._reserved import RESERVED
+from .._shadowing import chain, shadow, unshadow
 
 if TYPE_CHECKING:
     from ._bridge import Bridge
@@ -83,12 +85,27 @@ delivering: contextvars.ContextVar[Any] = contextvars.ContextVar(
 
 
 def _bridged(
-    signal: Any, method: str, bridges: list[Bridge]
+    signal: Any,
+    method: str,
+    bridges: list[Bridge],
+    inner: Callable[..., Coroutine[Any, Any, Any]] | None,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """The instance attribute ``method`` of a bridged ``signal``.
+
+    ``inner`` is the instance attribute it shadows (the pytest recorder's wrapper, say), called
+    in place of the class's method so that both keep working; None calls the class's method.
+    """
     cls: Any = signal.__class__
 
+    def unbound_of() -> Callable[..., Coroutine[Any, Any, Any]]:
+        if inner is None:
+            method_of_class: Callable[..., Coroutine[Any, Any, Any]] = getattr(cls, method)
+            return method_of_class
+        shadowed = inner
+        return lambda _signal, *args, **named: shadowed(*args, **named)
+
     async def send(sender: Any = _MISSING, /, **named: Any) -> Any:
-        unbound = getattr(cls, method)
+        unbound = unbound_of()
         by_keyword = sender is _MISSING
         if by_keyword:
             sender = named.get("sender", _MISSING)
@@ -123,28 +140,59 @@ def _without_reserved(named: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in named.items() if k not in RESERVED}
 
 
+class _Hooked:
+    """A bridged signal's bridges and the two wrappers that route its sends through them."""
+
+    __slots__ = ("bridges", "wrappers")
+
+    def __init__(self) -> None:
+        self.bridges: list[Bridge] = []
+        self.wrappers: dict[str, Callable[..., Any]] = {}
+
+
+_METHODS = ("send", "send_robust")
+
+
+def _hooked(signal: Any) -> _Hooked | None:
+    for wrapper in chain(signal, "send"):
+        hooked = wrapper.__dict__.get(_ATTR)
+        if hooked is not None:
+            return cast("_Hooked", hooked)
+    return None
+
+
 def install(signal: Any, bridge: Bridge) -> None:
-    """Route ``signal``'s sends through ``bridge`` (and any other bridge already on it)."""
+    """Route ``signal``'s sends through ``bridge`` (and any other bridge already on it).
+
+    A wrapper already on the instance (the pytest recorder's) stays in the chain: ours calls
+    it instead of the class's method (see :mod:`asignals._shadowing`).
+    """
     try:
-        attrs = cast("dict[str, Any]", vars(signal))
+        vars(signal)
     except TypeError:
         raise TypeError(f"{signal!r} cannot be bridged: it has no instance __dict__") from None
-    bridges = cast("list[Bridge] | None", attrs.get(_ATTR))
-    if bridges is None:
-        created: list[Bridge] = []
-        attrs[_ATTR] = bridges = created
-        attrs["send"] = _bridged(signal, "send", created)
-        attrs["send_robust"] = _bridged(signal, "send_robust", created)
-    if bridge not in bridges:
-        bridges.append(bridge)
+    hooked = _hooked(signal)
+    if hooked is None:
+        hooked = _Hooked()
+        bridges = hooked.bridges
+
+        def active() -> bool:
+            return bool(bridges)
+
+        for name in _METHODS:
+            make = functools.partial(_bridged, signal, name, bridges)
+            hooked.wrappers[name] = shadow(signal, name, make, active)
+        hooked.wrappers["send"].__dict__[_ATTR] = hooked
+    if bridge not in hooked.bridges:
+        hooked.bridges.append(bridge)
 
 
 def uninstall(signal: Any, bridge: Bridge) -> None:
-    attrs = cast("dict[str, Any]", vars(signal))
-    bridges = cast("list[Bridge] | None", attrs.get(_ATTR))
-    if bridges is None or bridge not in bridges:
+    """Stop routing through ``bridge``; the last one out takes the wrappers off."""
+    hooked = _hooked(signal)
+    if hooked is None or bridge not in hooked.bridges:
         return
-    bridges.remove(bridge)
-    if not bridges:
-        for name in (_ATTR, "send", "send_robust"):
-            attrs.pop(name, None)
+    hooked.bridges.remove(bridge)
+    if not hooked.bridges:
+        for name, wrapper in hooked.wrappers.items():
+            unshadow(signal, name, wrapper)
