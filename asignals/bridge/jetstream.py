@@ -86,16 +86,16 @@ def _fail(futures: list[asyncio.Future[api.PubAck]], reason: str) -> None:
             future.set_exception(Unavailable(reason))
 
 
-def _sequences(msg: Msg) -> tuple[int, int, int]:
-    """(delivery count, stream sequence, consumer sequence) from the ack subject.
+def _sequences(msg: Msg) -> tuple[str, int, int, int]:
+    """(consumer, delivery count, stream sequence, consumer sequence) from the ack subject.
 
     ``msg.metadata`` parses the same, plus a datetime and two dataclasses per message.
     """
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(tokens[4]), int(tokens[5]), int(tokens[6])
-    metadata = msg.metadata  # the longer form with a domain and an account hash
-    return metadata.num_delivered, metadata.sequence.stream, metadata.sequence.consumer
+        return tokens[3], int(tokens[4]), int(tokens[5]), int(tokens[6])
+    meta = msg.metadata  # the longer form with a domain and an account hash
+    return meta.consumer, meta.num_delivered, meta.sequence.stream, meta.sequence.consumer
 
 
 class JetStream:
@@ -338,11 +338,11 @@ class _Delivery:
 
     @property
     def id(self) -> str:
-        return str(_sequences(self._msg)[1])
+        return str(_sequences(self._msg)[2])
 
     @property
     def attempt(self) -> int:
-        return _sequences(self._msg)[0]
+        return _sequences(self._msg)[1]
 
     async def ack(self) -> None:
         await self._settle(self._msg.ack())
@@ -509,7 +509,9 @@ class _Subscription:
         """Hand out an ordered consumer's messages; on a gap, re-create it after the last."""
         out: list[Delivery] = []
         for msg in msgs:
-            _, stream_seq, consumer_seq = _sequences(msg)
+            consumer, _, stream_seq, consumer_seq = _sequences(msg)
+            if consumer != self._consumer:
+                continue  # in flight from the consumer this one replaced
             if consumer_seq != self._last_consumer_seq + 1:
                 logger.debug("ordered consumer %s skipped ahead; re-creating", self._consumer)
                 await self._recover_ordered()
