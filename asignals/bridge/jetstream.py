@@ -348,7 +348,7 @@ class _Delivery:
         await self._settle(self._msg.ack())
 
     async def retry(self, delay: float) -> None:
-        # nak(delay=0) would be an immediate redelivery; nats-py drops a zero delay anyway.
+        # A delay of 0 is an immediate redelivery (a plain nak).
         await self._settle(self._msg.nak(delay=delay if delay > 0 else None))
 
     async def extend(self) -> None:
@@ -441,15 +441,19 @@ class _Subscription:
                 config = current
             await js.add_consumer(stream, config)
             return self._group
-        # An ordered consumer: from the tail the first time, then from where it stopped.
+        # An ordered consumer: from the tail the first time, then from where it stopped (from
+        # the start of a stream the server lost and made anew, whose sequences restarted).
+        start: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.NEW}
         if self._last_stream_seq:
-            start: dict[str, Any] = {
-                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
-                "opt_start_seq": self._last_stream_seq + 1,
-            }
-        else:
-            start = {"deliver_policy": api.DeliverPolicy.NEW}
-        info = await js.add_consumer(
+            info = await js.stream_info(stream)
+            if info.state.last_seq < self._last_stream_seq:
+                start = {"deliver_policy": api.DeliverPolicy.ALL}
+            else:
+                start = {
+                    "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                    "opt_start_seq": self._last_stream_seq + 1,
+                }
+        created = await js.add_consumer(
             stream,
             api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,
@@ -460,9 +464,9 @@ class _Subscription:
                 **start,
             ),
         )
-        self._consumer = info.name
+        self._consumer = created.name
         self._last_consumer_seq = 0
-        return info.name
+        return created.name
 
     async def _recover(self) -> None:
         """The consumer went silent: re-create it if the server lost it, else ask anew."""
@@ -471,15 +475,19 @@ class _Subscription:
             try:
                 await js.consumer_info(self._transport.stream, self._consumer)
                 if self._mode == "shared":
-                    return
-                # An ordered consumer that is still there but silent: start a fresh one.
-                await self._delete(js)
+                    return  # still there (a slow server, a reconnection): just pull again
             except nats.js.errors.NotFoundError:
-                self._transport._stream_ready = False
+                self._transport._stream_ready = False  # the stream may be gone as well
                 await self._transport._ensure_stream()
-            name = await self._create()
+            await self._replace()
         except _TRANSIENT as exc:
             raise Unavailable(f"re-creating the JetStream consumer failed: {exc}") from exc
+
+    async def _replace(self) -> None:
+        """Point the puller at a new consumer (an ordered one: after deleting the old one)."""
+        if self._mode == "broadcast":
+            await self._delete(self._transport._context())
+        name = await self._create()
         assert self._puller is not None
         self._puller.retarget(name)
 
@@ -514,22 +522,15 @@ class _Subscription:
                 continue  # in flight from the consumer this one replaced
             if consumer_seq != self._last_consumer_seq + 1:
                 logger.debug("ordered consumer %s skipped ahead; re-creating", self._consumer)
-                await self._recover_ordered()
+                try:
+                    await self._replace()
+                except _TRANSIENT as exc:
+                    raise Unavailable(f"re-creating the JetStream consumer failed: {exc}") from exc
                 break
             self._last_consumer_seq = consumer_seq
             self._last_stream_seq = stream_seq
             out.append(_Delivery(msg))
         return out
-
-    async def _recover_ordered(self) -> None:
-        js = self._transport._context()
-        await self._delete(js)
-        try:
-            name = await self._create()
-        except _TRANSIENT as exc:
-            raise Unavailable(f"re-creating the JetStream consumer failed: {exc}") from exc
-        assert self._puller is not None
-        self._puller.retarget(name)
 
     async def close(self) -> None:
         puller, self._puller = self._puller, None
