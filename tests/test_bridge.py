@@ -577,3 +577,92 @@ async def test_two_bridges_on_one_signal_both_publish_or_neither(
         await eventually(lambda: len(got) == 2)
         await asyncio.sleep(0.2)
     assert sorted(got) == [("a", 1), ("b", 1)]
+
+
+async def test_a_local_only_send_runs_receivers_and_publishes_nothing(
+    transport: BridgeKit, stream: str
+) -> None:
+    """What an outbox uses: the remote copy goes through its table, not the bridge; a send
+    made by a receiver of that send is published as usual."""
+    from asignals.bridge._sending import local_only
+
+    sig, other = AsyncSignal(name="paid"), AsyncSignal(name="audit")
+    there_sig, there_other = AsyncSignal(name="paid"), AsyncSignal(name="audit")
+    ran: list[int] = []
+    got: list[tuple[str, int]] = []
+
+    async def on_paid(sender: Any, n: int, **kw: Any) -> None:
+        ran.append(n)
+        await other.send(None, n=n)  # a new event: bridged as usual
+
+    sig.connect(on_paid, weak=False)
+    there_sig.connect(lambda sender, n, **kw: got.append(("paid", n)), weak=False)
+    there_other.connect(lambda sender, n, **kw: got.append(("audit", n)), weak=False)
+    async with make(transport, stream, sig, other), make(transport, stream, there_sig, there_other):
+        token = local_only.set(True)
+        try:
+            await sig.send(None, n=1)
+        finally:
+            local_only.reset(token)
+        await sig.send(None, n=2)
+        await eventually(lambda: len(got) == 3)
+        await asyncio.sleep(0.2)
+    assert ran == [1, 2]
+    assert sorted(got) == [("audit", 1), ("audit", 2), ("paid", 2)]
+
+
+async def test_concurrent_sends_with_nested_sends_publish_each_event_once(
+    transport: BridgeKit, stream: str
+) -> None:
+    """Receivers share (and copy back) their context, so a send's encoded event must not
+    travel in a context variable: here many sends run at once, each with a receiver that
+    suspends and makes a bridged send of its own."""
+    sig, nested = AsyncSignal(name="outer"), AsyncSignal(name="inner")
+    there_sig, there_nested = AsyncSignal(name="outer"), AsyncSignal(name="inner")
+    got: list[tuple[str, int]] = []
+
+    async def relay(sender: Any, n: int, **kw: Any) -> None:
+        await asyncio.sleep(0)
+        await nested.send(None, n=n)
+        await asyncio.sleep(0)
+
+    sig.connect(relay, weak=False)
+    sig.connect(lambda sender, n, **kw: None, weak=False)  # the bridge's receiver comes later
+    there_sig.connect(lambda sender, n, **kw: got.append(("outer", n)), weak=False)
+    there_nested.connect(lambda sender, n, **kw: got.append(("inner", n)), weak=False)
+    here = make(transport, stream, sig, nested)
+    async with here, make(transport, stream, there_sig, there_nested):
+        await asyncio.gather(*(sig.send(None, n=n) for n in range(50)))
+        await eventually(lambda: len(got) >= 100)
+        await asyncio.sleep(0.2)
+        assert here._outgoing == []  # nothing left behind
+    assert sorted(got) == sorted(
+        [("outer", n) for n in range(50)] + [("inner", n) for n in range(50)]
+    )
+
+
+async def test_a_live_worker_keeps_an_event_longer_than_claim_idle(
+    transport: BridgeKit, stream: str
+) -> None:
+    """Issue 8: an event is claimable only when its worker is gone or stuck, not because its
+    receivers take longer than claim_idle: the bridge renews the claim while they run."""
+    producer = AsyncSignal(name="job")
+    workers = [AsyncSignal(name="job") for _ in range(2)]
+    runs: list[int] = []
+
+    async def slow(sender: Any, n: int, **kw: Any) -> None:
+        runs.append(n)
+        await asyncio.sleep(1.0)  # more than three times claim_idle
+
+    for sig in workers:
+        sig.connect(slow, weak=False)
+    opts: dict[str, Any] = {"mode": "shared", "group": "g", "claim_idle": 0.3}
+    async with (
+        make(transport, stream, workers[0], **opts),
+        make(transport, stream, workers[1], **opts),
+        make(transport, stream, producer, mode="publish"),
+    ):
+        await producer.send(None, n=1)
+        await eventually(lambda: runs != [])
+        await asyncio.sleep(1.5)
+    assert runs == [1]

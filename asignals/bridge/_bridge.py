@@ -12,7 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from .._reserved import RESERVED
 from . import _hooks
@@ -22,7 +22,7 @@ from ._dedup import Deduplicator
 from ._envelope import Encoded, Event, Registry
 from ._publisher import Publisher, PublishError
 from ._receiving import Receiver
-from ._sending import Outgoing, delivering, install, outgoing, uninstall
+from ._sending import Outgoing, delivering, install, uninstall
 from ._transport import DeadLetter, Transport, Unavailable
 
 __all__ = ["Bridge", "Mode"]
@@ -47,29 +47,36 @@ def _is_remote_echo(signal: Any, sender: Any, kwargs: dict[str, Any]) -> bool:
     return all(kwargs[k] is v for k, v in event.kwargs.items())
 
 
-def _signal_list(signals: Any) -> list[Any]:
+def _signal_list(signals: object) -> list[Any]:
     if callable(getattr(signals, "send_robust", None)):
         return [signals]  # one signal, not a list of them
-    if isinstance(signals, str | bytes) or not isinstance(signals, Iterable):
-        raise TypeError(
-            f"signals= takes a signal or a list of signals, got {signals!r}; "
-            f"e.g. signals=[order_placed, order_shipped]"
-        )
-    return list(signals)
+    problem = TypeError(
+        f"signals= takes a signal or a list of signals, got {signals!r}; "
+        f"e.g. signals=[order_placed, order_shipped]"
+    )
+    if isinstance(signals, str | bytes):
+        raise problem
+    try:
+        return list(cast("Iterable[Any]", signals))
+    except TypeError:
+        raise problem from None
 
 
-def _sender_map(senders: Any) -> Mapping[str, Any]:
+def _sender_map(senders: object) -> Mapping[str, Any]:
     if senders is None:
         return {}
-    if not isinstance(senders, Mapping):
-        given = list(senders) if isinstance(senders, Iterable) else [senders]
-        names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
-        example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
-        raise TypeError(
-            f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
-            f"write senders={{{example}}} (the same names in every process)"
-        )
-    return senders
+    if isinstance(senders, Mapping):
+        return cast("Mapping[str, Any]", senders)
+    try:
+        given = list(cast("Iterable[Any]", senders))
+    except TypeError:
+        given = [senders]
+    names = [n for n in (getattr(s, "__name__", None) for s in given[:3]) if n]
+    example = ", ".join(f"{n!r}: {n}" for n in names) or "'Order': Order"
+    raise TypeError(
+        f"senders= maps the name each sender travels as to the sender, got {senders!r}; "
+        f"write senders={{{example}}} (the same names in every process)"
+    )
 
 
 class Bridge:
@@ -151,8 +158,14 @@ class Bridge:
         ):
             if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
                 raise ValueError(f"{option} must be a positive number of seconds, got {number!r}")
-        Backoff(*reconnect_backoff)  # validates
-        Backoff(*retry_backoff)
+        for option, pair in (
+            ("reconnect_backoff", reconnect_backoff),
+            ("retry_backoff", retry_backoff),
+        ):
+            try:
+                Backoff(*pair)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{option}=(initial, maximum) seconds: {exc}") from None
         signal_list = _signal_list(signals)
         sender_map = _sender_map(senders)
         #: The broker this bridge publishes to and reads from.
@@ -179,6 +192,8 @@ class Bridge:
         self._uid = f"asignals.bridge:{self.origin}:{stream}"
         self._publisher: Publisher | None = None
         self._receiver: Receiver | None = None
+        #: Sends encoded and not yet taken by the publishing receiver (see ``_sending``).
+        self._outgoing: list[Outgoing] = []
         for signal in signal_list:
             self.attach(signal)
         for name, sender in sender_map.items():
@@ -330,15 +345,36 @@ class Bridge:
         signal.disconnect(dispatch_uid=self._uid)
         uninstall(signal, self)
 
-    def _prepare(
-        self, signal: Any, sender: Any, kwargs: dict[str, Any], nxt: Outgoing | None
-    ) -> Outgoing:
+    def _prepare(self, signal: Any, sender: Any, kwargs: dict[str, Any], local: bool) -> Outgoing:
         """Encode one send for this bridge before any receiver runs (see ``_sending``)."""
+        if local:
+            return Outgoing(signal, sender, kwargs, {}, None)
         name = self._registry.signal_name(signal)
         if name is None:
             raise EncodeError(f"{signal!r} is not bridged by {self!r}")
         body = self._registry.body(name, sender, kwargs)
-        return Outgoing(self, signal, body, self._registry.dump(body), nxt)
+        return Outgoing(signal, sender, kwargs, body, self._registry.dump(body))
+
+    def _take(self, signal: Any, sender: Any, kwargs: dict[str, Any]) -> Outgoing | None:
+        """The encoded event of the send this receiver call belongs to, removed from the list.
+
+        Newest first: it is almost always the last one appended (the list holds only sends
+        whose receivers are running).
+        """
+        pending = self._outgoing
+        for index in range(len(pending) - 1, -1, -1):
+            out = pending[index]
+            if out.matches(signal, sender, kwargs):
+                del pending[index]
+                out.signal = None  # taken: the wrapper need not look for it
+                return out
+        return None
+
+    def _forget(self, out: Outgoing) -> None:
+        for index, pending in enumerate(self._outgoing):
+            if pending is out:
+                del self._outgoing[index]
+                return
 
     def _publish(self, signal: Any, sender: Any, **kwargs: Any) -> Awaitable[None] | None:
         """The receiver connected to every bridged signal: queue the encoded event, maybe wait.
@@ -350,14 +386,11 @@ class Bridge:
         publisher = self._publisher
         if publisher is None:
             return None
-        out = outgoing.get()
-        while out is not None and (out.bridge is not self or out.signal is not signal):
-            out = out.next
+        out = self._take(signal, sender, kwargs)
         if out is not None:
-            data, out.data = out.data, None
-            if data is None:
-                return None  # already queued by this send
-            body = out.body
+            if out.data is None:
+                return None  # a local-only send
+            body, data = out.body, out.data
         elif _is_remote_echo(signal, sender, kwargs):
             return None
         else:  # a send that bypassed signal.send (see _sending): encode it now

@@ -20,7 +20,7 @@ import time
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from .._reserved import RESERVED
 from ._codec import DecodeError, EncodeError, JsonCodec
@@ -80,8 +80,9 @@ def _reserved_names(signal: Any) -> frozenset[str]:
     names and every named parameter of ``send_robust`` are off limits.
     """
     names = set(RESERVED)
+    cls: Any = signal.__class__
     try:
-        params = inspect.signature(type(signal).send_robust).parameters.values()
+        params = inspect.signature(cls.send_robust).parameters.values()
     except (AttributeError, TypeError, ValueError):
         return frozenset(names)
     for p in params:
@@ -117,12 +118,22 @@ def _spec_hints(signal: Any, codec: JsonCodec) -> dict[str, type[Any]]:
         return {}
     annotations.pop("return", None)
     annotations.pop("sender", None)
-    hints = {}
+    hints: dict[str, type[Any]] = {}
     for name, annotation in annotations.items():
         hint = _hint_of(annotation, codec)
         if hint is not None:
             hints[name] = hint
     return hints
+
+
+def _headers(value: object) -> dict[str, str]:
+    """The envelope's str-to-str headers; anything else in there is dropped (headers are for
+    tracing: never a reason to lose the event)."""
+    kind = type(value)
+    if kind is not dict:
+        return {}
+    items = cast("dict[object, object]", value).items()
+    return {k: v for k, v in items if type(k) is str and type(v) is str}
 
 
 class Registry:
@@ -248,52 +259,53 @@ class Registry:
                 f"message of {len(raw)} bytes exceeds max_message_bytes={self.max_bytes}"
             )
         try:
-            body = _DECODER.decode(raw.decode())
+            decoded: object = _DECODER.decode(raw.decode())
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise DecodeError(f"not valid JSON: {exc}") from None
-        if type(body) is not dict:
+        kind = type(decoded)
+        if kind is not dict:
             raise DecodeError("not an asignals envelope (not a JSON object)")
-        keys = _KEYS_V2 if body.get("v") == _VERSION else _KEYS_V1
-        if body.get("v") not in (1, _VERSION):
-            raise DecodeError(f"unsupported envelope version {body.get('v')!r}")
-        if set(body) != keys:
+        body = cast("dict[str, object]", decoded)
+        version = body.get("v")
+        if version not in (1, _VERSION):
+            raise DecodeError(f"unsupported envelope version {version!r}")
+        if body.keys() != (_KEYS_V2 if version == _VERSION else _KEYS_V1):
             raise DecodeError("not an asignals envelope (wrong keys)")
         checks = {"id": str, "origin": str, "signal": str, "kwargs": dict}
-        for key, kind in checks.items():
-            if type(body[key]) is not kind:
-                raise DecodeError(f"envelope field {key!r} must be {kind.__name__}")
-        if type(body["ts"]) not in (int, float):
+        for key, expected in checks.items():
+            if type(body[key]) is not expected:
+                raise DecodeError(f"envelope field {key!r} must be {expected.__name__}")
+        ts = body["ts"]
+        if type(ts) not in (int, float):
             raise DecodeError("envelope field 'ts' must be a number")
-        if body["group"] is not None and type(body["group"]) is not str:
+        group = body["group"]
+        if group is not None and type(group) is not str:
             raise DecodeError("envelope field 'group' must be a str or null")
-        headers = body.get("headers")
-        if type(headers) is not dict:
-            headers = {}  # headers are for tracing: never a reason to lose the event
-        elif not all(type(k) is str and type(v) is str for k, v in headers.items()):
-            headers = {k: v for k, v in headers.items() if type(k) is str and type(v) is str}
         return Envelope(
-            id=body["id"],
-            ts=float(body["ts"]),
-            origin=body["origin"],
-            group=body["group"],
-            signal=body["signal"],
+            id=cast(str, body["id"]),
+            ts=float(cast(float, ts)),
+            origin=cast(str, body["origin"]),
+            group=group,
+            signal=cast(str, body["signal"]),
             sender=body["sender"],
-            kwargs=body["kwargs"],
-            headers=headers,
+            kwargs=cast("dict[str, Any]", body["kwargs"]),
+            headers=_headers(body.get("headers")),
         )
 
-    def _decode_sender(self, wire: Any) -> Any:
+    def _decode_sender(self, wire: object) -> Any:
         if wire is None:
             return None
-        if type(wire) is dict and len(wire) == 1:
-            ((kind, value),) = wire.items()
-            if kind == "ref" and type(value) is str:
-                if value not in self._senders:
-                    raise DecodeError(f"unknown sender {value!r} (not registered here)")
-                return self._senders[value]
-            if kind == "str" and type(value) is str:
-                return value
-            if kind == "int" and type(value) is int:
+        kind = type(wire)
+        fields = cast("dict[str, object]", wire) if kind is dict else {}
+        if len(fields) == 1:
+            ((tag, value),) = fields.items()
+            value_kind = type(value)
+            if tag == "ref" and value_kind is str:
+                name = cast(str, value)
+                if name not in self._senders:
+                    raise DecodeError(f"unknown sender {name!r} (not registered here)")
+                return self._senders[name]
+            if (tag == "str" and value_kind is str) or (tag == "int" and value_kind is int):
                 return value
         raise DecodeError(f"malformed sender {wire!r}")
 

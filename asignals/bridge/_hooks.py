@@ -26,9 +26,11 @@ class BridgeHooks(Protocol):
         self, signal_name: str, headers: dict[str, str], attempt: int
     ) -> AbstractContextManager[None]:
         """Wraps the local send of a received event (``attempt`` counts from 1)."""
+        ...
 
     def on_dead_letter(self, signal_name: str, reason: str) -> None:
         """Called when an event is dead-lettered (``signal_name`` is ``""`` if unknown)."""
+        ...
 
 
 #: The installed hooks, or None (nothing is traced and nothing is paid).

@@ -12,7 +12,7 @@ import collections
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from . import _hooks
@@ -20,7 +20,7 @@ from ._backoff import Backoff
 from ._codec import DecodeError
 from ._dedup import Deduplicator
 from ._envelope import Envelope, Event, Registry
-from ._sending import delivering, outgoing
+from ._sending import delivering
 from ._transport import Delivery, Subscription, Transport, Unavailable
 
 __all__ = ["Receiver"]
@@ -295,8 +295,9 @@ class Receiver:
     async def _deliver(self, event: Event, attempt: int) -> tuple[BaseException | None, list[str]]:
         """Send a remote event to local receivers: (an error, the receivers that raised)."""
         token = delivering.set(event)
-        untoken = outgoing.set(None)
-        send = type(event.signal).send_robust  # not the bridged one: this is no new event
+        # The class's method, not the bridged one on the instance: this is no new event.
+        cls: Any = event.signal.__class__
+        send: Callable[..., Awaitable[list[tuple[Any, Any]]]] = cls.send_robust
         try:
             hooks = _hooks.hooks
             if hooks is None:
@@ -309,7 +310,6 @@ class Receiver:
             logger.error("delivering %s from %r failed: %r", event.envelope.id, self._stream, exc)
             return exc, []
         finally:
-            outgoing.reset(untoken)
             delivering.reset(token)
         failures = [(r, x) for r, x in results if isinstance(x, BaseException)]
         if not failures:

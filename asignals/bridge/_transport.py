@@ -91,14 +91,17 @@ class Delivery(Protocol):
     @property
     def id(self) -> str:
         """The broker's id of the message (a Redis entry id, a JetStream sequence, ...)."""
+        ...
 
     @property
     def data(self) -> bytes:
         """The message as published (``b""`` if the broker holds something else there)."""
+        ...
 
     @property
     def attempt(self) -> int:
         """How many times the group delivered this message, this delivery included (1, 2, ...)."""
+        ...
 
     async def ack(self) -> None:
         """Settle the message: no worker of the group gets it again."""
@@ -119,6 +122,7 @@ class Subscription(Protocol):
 
     async def fetch(self, count: int) -> Sequence[Delivery]:
         """Up to ``count`` deliveries, waiting at most a poll interval; may return ``[]``."""
+        ...
 
     async def close(self) -> None:
         """Stop reading (a shared group and its pending messages stay on the server)."""
@@ -150,3 +154,4 @@ class Transport(Protocol):
         max_attempts: int,
     ) -> Subscription:
         """Start reading at the tail (broadcast) or as ``consumer`` of ``group`` (shared)."""
+        ...

@@ -123,8 +123,9 @@ class RedisStreams:
         return self._client
 
     async def open(self, stream: str) -> None:
+        """Create the client (for a URL) and bind to ``stream``; connects lazily."""
         if self._url is not None:
-            self._client = Redis.from_url(
+            self._client = Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
                 self._url, socket_connect_timeout=5.0, socket_keepalive=True
             )
         self.stream = stream
@@ -133,11 +134,13 @@ class RedisStreams:
         self._append = self.client.register_script(_APPEND_MANY)
 
     async def close(self) -> None:
+        """Close the client this transport created (a client passed in stays open)."""
         if self._url is not None and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
 
     async def publish(self, messages: Sequence[bytes]) -> None:
+        """``XADD`` each message (one Lua call for a batch), trimming to ``maxlen``."""
         if len(messages) == 1:
             fields: Any = {FIELD: messages[0]}
             await _call(
@@ -151,6 +154,7 @@ class RedisStreams:
         await _call(self._append([self.stream], [maxlen, *messages]))
 
     async def dead_letter(self, message: bytes, provenance: Mapping[str, str]) -> None:
+        """Append to ``<stream>:dead``: the provenance fields and the message in field ``e``."""
         record: dict[Any, Any] = {key.encode(): value for key, value in provenance.items()}
         record[FIELD] = message
         await _call(
@@ -168,6 +172,7 @@ class RedisStreams:
         claim_idle: float,
         max_attempts: int,
     ) -> Subscription:
+        """``XREAD`` from the current tail (broadcast) or a consumer of ``group`` (shared)."""
         if mode == "broadcast":
             tail = await _call(self.client.xrevrange(self.stream, count=1))
             return _Tail(self, _text(tail[0][0]) if tail else "0-0")
