@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -388,6 +389,7 @@ class _Subscription:
         self._consumer = ""
         self._last_stream_seq = 0  # ordered consumer: the last sequence handed out
         self._last_consumer_seq = 0
+        self._stream_created: datetime.datetime | None = None
 
     async def start(self) -> None:
         try:
@@ -412,12 +414,17 @@ class _Subscription:
         transport = self._transport
         js = transport._context()
         stream = transport.stream
+        # A stream the server made anew (restarted without its store) restarts its sequences:
+        # a consumer re-created for it starts at its beginning, not at the tail or sequence.
+        created = (await js.stream_info(stream)).created
+        made_anew = self._stream_created is not None and created != self._stream_created
+        self._stream_created = created
         if self._mode == "shared":
             assert self._group is not None
             self._consumer = self._group
             config = api.ConsumerConfig(
                 durable_name=self._group,
-                deliver_policy=api.DeliverPolicy.NEW,
+                deliver_policy=api.DeliverPolicy.ALL if made_anew else api.DeliverPolicy.NEW,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 ack_wait=self._claim_idle,
                 max_deliver=self._max_deliver,
@@ -441,19 +448,16 @@ class _Subscription:
                 config = current
             await js.add_consumer(stream, config)
             return self._group
-        # An ordered consumer: from the tail the first time, then from where it stopped (from
-        # the start of a stream the server lost and made anew, whose sequences restarted).
+        # An ordered consumer: from the tail the first time, then after the last it delivered.
         start: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.NEW}
-        if self._last_stream_seq:
-            info = await js.stream_info(stream)
-            if info.state.last_seq < self._last_stream_seq:
-                start = {"deliver_policy": api.DeliverPolicy.ALL}
-            else:
-                start = {
-                    "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
-                    "opt_start_seq": self._last_stream_seq + 1,
-                }
-        created = await js.add_consumer(
+        if made_anew:
+            start = {"deliver_policy": api.DeliverPolicy.ALL}
+        elif self._last_stream_seq:
+            start = {
+                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": self._last_stream_seq + 1,
+            }
+        consumer = await js.add_consumer(
             stream,
             api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,
@@ -464,9 +468,9 @@ class _Subscription:
                 **start,
             ),
         )
-        self._consumer = created.name
+        self._consumer = consumer.name
         self._last_consumer_seq = 0
-        return created.name
+        return consumer.name
 
     async def _recover(self) -> None:
         """The consumer went silent: re-create it if the server lost it, else ask anew."""
