@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy
 from servers import NatsServer
 
 from asignals import AsyncSignal
-from asignals.bridge import Bridge, JetStream
+from asignals.bridge import Bridge, JetStream, PublishError
 
 pytestmark = pytest.mark.anyio
 
@@ -153,8 +153,6 @@ async def test_names_jetstream_cannot_hold_are_refused_with_the_reason(
 
 
 async def test_start_waits_for_nats_then_fails_with_the_reason(free_port: int) -> None:
-    from asignals.bridge import PublishError
-
     b = Bridge(JetStream(f"nats://127.0.0.1:{free_port}", connect_timeout=0.2),
                stream="s", mode="publish", publish_timeout=0.5, **FAST)  # fmt: skip
     started = time.monotonic()
@@ -202,3 +200,20 @@ async def test_bridges_carry_on_when_a_restarted_server_lost_every_stream(
     finally:
         server.kill()
     assert seen == handled == list(range(10))
+
+
+async def test_a_message_the_stream_refuses_fails_its_send_at_once(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    """JetStream's negative acknowledgement (here: over the stream's max_msg_size, set by an
+    operator) is the send's PublishError, not a retry until publish_timeout."""
+    await js.add_stream(name=stream, subjects=[stream], max_msg_size=300)
+    sig = AsyncSignal(name="s")
+    async with bridge(nats_url, stream, sig, mode="publish", publish_timeout=5, **FAST):
+        await sig.send(None, note="fits")
+        started = time.monotonic()
+        with pytest.raises(ExceptionGroup) as caught:
+            await sig.send(None, note="x" * 400)
+        assert time.monotonic() - started < 2
+    assert caught.group_contains(PublishError, match="refused the message: message size exceeds maximum")
+    assert (await js.stream_info(stream)).state.messages == 1

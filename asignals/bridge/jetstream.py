@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,10 +83,32 @@ def _check_name(kind: str, name: str) -> None:
         )
 
 
-def _fail(futures: list[asyncio.Future[api.PubAck]], reason: str) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(Unavailable(reason))
+class _Batch:
+    """The acknowledgements one published batch still waits for."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.left = size
+        self.done = done
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
+def _ack_error(msg: Msg) -> BaseException:
+    """What a publish acknowledgement that is not a success says (transient or not)."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        return nats.js.errors.NoStreamResponseError()  # no stream captures the subject
+    try:
+        error = json.loads(msg.data)["error"]
+        code, text = error.get("code"), error.get("description")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Unavailable(f"JetStream answered a publish with {msg.data[:200]!r}")
+    if code == 503:  # JetStream itself is not ready (starting, no quorum): later may work
+        return Unavailable(f"JetStream is unavailable: {text}")
+    return RuntimeError(f"JetStream refused the message: {text} (code {code})")
 
 
 def _sequences(msg: Msg) -> tuple[str, int, int, int]:
@@ -165,7 +189,9 @@ class JetStream:
         self._options = dict(options or {})
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
-        self._unacked: list[list[asyncio.Future[api.PubAck]]] = []  # batches in flight
+        self._acks = ""  # the reply subject prefix of publish acknowledgements
+        self._batches: dict[str, _Batch] = {}  # in flight, by batch id
+        self._batch_ids = itertools.count()
         self.stream = ""
         self.dead_letter_stream = ""
         self._stream_ready = False
@@ -184,6 +210,8 @@ class JetStream:
         if self._client is None:
             self._client = await self._connect()
             self._js = self._client.jetstream(timeout=self._request_timeout)
+            self._acks = self._client.new_inbox()
+            await self._client.subscribe(f"{self._acks}.*", cb=self._on_ack)
         await self._ensure_stream()
 
     async def _connect(self) -> Client:
@@ -191,8 +219,9 @@ class JetStream:
             logger.debug("NATS %s: %s", self.url, exc)
 
         async def on_disconnect() -> None:
-            for futures in self._unacked:
-                _fail(futures, f"NATS at {self.url} disconnected before acknowledging")
+            lost = Unavailable(f"NATS at {self.url} disconnected before acknowledging")
+            for batch in self._batches.values():
+                batch.fail(lost)
 
         try:
             # One try (and one retry) here: the bridge owns the backoff of a failed start. Once
@@ -261,21 +290,28 @@ class JetStream:
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, messages: Sequence[bytes]) -> None:
-        """Publish the batch pipelined; return once JetStream acknowledged every message."""
+        """Publish the batch pipelined; return once JetStream acknowledged every message.
+
+        Why not ``js.publish_async``: it makes a future, a token and a JSON parse per message,
+        which halves the rate. Here every message's reply subject names its batch, one
+        subscription counts the acknowledgements, and only an error is parsed.
+        """
         await self._ensure_stream()
-        js = self._context()
-        futures: list[asyncio.Future[api.PubAck]] = []
-        # Acks that cannot come fail at once: on a disconnection (see _connect) or when the
-        # server stays silent for request_timeout. A timer, not a task per batch.
-        timer = asyncio.get_running_loop().call_later(
-            self._request_timeout, _fail, futures, f"JetStream at {self.url} did not acknowledge"
-        )
-        self._unacked.append(futures)
+        self._context()
+        client = self._client
+        assert client is not None
+        loop = asyncio.get_running_loop()
+        batch_id = str(next(self._batch_ids))
+        batch = self._batches[batch_id] = _Batch(len(messages), loop.create_future())
+        # No ack within request_timeout: the server is not answering. A timer, not a task.
+        silent = Unavailable(f"JetStream at {self.url} did not acknowledge within the timeout")
+        timer = loop.call_later(self._request_timeout, batch.fail, silent)
+        reply = f"{self._acks}.{batch_id}"
         try:
             for data in messages:
-                futures.append(await js.publish_async(self.stream, data))
-            for future in futures:
-                await future
+                await client.publish(self.stream, data, reply=reply)
+            if messages:
+                await batch.done
         except nats.js.errors.NoStreamResponseError as exc:
             self._stream_ready = False  # the server lost the stream: create it again
             raise Unavailable(f"no JetStream stream captures {self.stream!r}") from exc
@@ -285,12 +321,18 @@ class JetStream:
             raise Unavailable(f"publishing to JetStream at {self.url} failed: {exc}") from exc
         finally:
             timer.cancel()
-            self._unacked.remove(futures)
-            for future in futures:
-                if not future.done():
-                    future.cancel()  # frees nats-py's slot for an ack that will never come
-                elif not future.cancelled():
-                    future.exception()  # retrieved: the batch already failed on the first
+            del self._batches[batch_id]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        batch = self._batches.get(msg.subject[len(self._acks) + 1 :])
+        if batch is None:
+            return  # a batch given up on already
+        if msg.headers or b'"error"' in msg.data:
+            batch.fail(_ack_error(msg))
+            return
+        batch.left -= 1
+        if batch.left <= 0 and not batch.done.done():
+            batch.done.set_result(None)
 
     async def dead_letter(self, message: bytes, provenance: Mapping[str, str]) -> None:
         """Store ``message`` in ``<stream>:dead``, the provenance as headers."""
