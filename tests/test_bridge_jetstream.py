@@ -215,5 +215,7 @@ async def test_a_message_the_stream_refuses_fails_its_send_at_once(
         with pytest.raises(ExceptionGroup) as caught:
             await sig.send(None, note="x" * 400)
         assert time.monotonic() - started < 2
-    assert caught.group_contains(PublishError, match="refused the message: message size exceeds maximum")
+    assert caught.group_contains(
+        PublishError, match="refused the message: message size exceeds maximum"
+    )
     assert (await js.stream_info(stream)).state.messages == 1
