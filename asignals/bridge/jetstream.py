@@ -373,19 +373,13 @@ class JetStream:
 class _Delivery:
     """One JetStream message handed to this worker; settles it with (n)acks."""
 
-    __slots__ = ("_msg", "data")
+    __slots__ = ("_msg", "attempt", "data", "id")
 
-    def __init__(self, msg: Msg) -> None:
+    def __init__(self, msg: Msg, delivered: int, stream_seq: int) -> None:
         self._msg = msg
         self.data = msg.data
-
-    @property
-    def id(self) -> str:
-        return str(_sequences(self._msg)[2])
-
-    @property
-    def attempt(self) -> int:
-        return _sequences(self._msg)[1]
+        self.id = str(stream_seq)
+        self.attempt = delivered
 
     async def ack(self) -> None:
         await self._settle(self._msg.ack())
@@ -557,13 +551,13 @@ class _Subscription:
             raise Unavailable(f"fetching from JetStream failed: {exc}") from exc
         if self._mode == "broadcast":
             return await self._in_order(msgs)
-        return [_Delivery(m) for m in msgs]
+        return [_Delivery(m, *_sequences(m)[1:3]) for m in msgs]
 
     async def _in_order(self, msgs: list[Msg]) -> list[Delivery]:
         """Hand out an ordered consumer's messages; on a gap, re-create it after the last."""
         out: list[Delivery] = []
         for msg in msgs:
-            consumer, _, stream_seq, consumer_seq = _sequences(msg)
+            consumer, delivered, stream_seq, consumer_seq = _sequences(msg)
             if consumer != self._consumer:
                 continue  # in flight from the consumer this one replaced
             if consumer_seq != self._last_consumer_seq + 1:
@@ -575,7 +569,7 @@ class _Subscription:
                 break
             self._last_consumer_seq = consumer_seq
             self._last_stream_seq = stream_seq
-            out.append(_Delivery(msg))
+            out.append(_Delivery(msg, delivered, stream_seq))
         return out
 
     async def close(self) -> None:
