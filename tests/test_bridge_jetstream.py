@@ -9,15 +9,17 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
 import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy
+from servers import NatsServer
 
 from asignals import AsyncSignal
-from asignals.bridge import Bridge, JetStream
+from asignals.bridge import Bridge, JetStream, PublishError
 
 pytestmark = pytest.mark.anyio
 
@@ -151,11 +153,69 @@ async def test_names_jetstream_cannot_hold_are_refused_with_the_reason(
 
 
 async def test_start_waits_for_nats_then_fails_with_the_reason(free_port: int) -> None:
-    from asignals.bridge import PublishError
-
     b = Bridge(JetStream(f"nats://127.0.0.1:{free_port}", connect_timeout=0.2),
                stream="s", mode="publish", publish_timeout=0.5, **FAST)  # fmt: skip
     started = time.monotonic()
     with pytest.raises(PublishError, match="not reachable"):
         await b.start()
     assert time.monotonic() - started < 3
+
+
+async def test_bridges_carry_on_when_a_restarted_server_lost_every_stream(
+    free_port: int, tmp_path: Path
+) -> None:
+    """A server restarted on an empty store (no persistence): the publisher creates the
+    stream again and sends at once; the readers, noticing later, re-create the group and the
+    broadcast consumer at the new stream's beginning, so those events reach both."""
+    server = NatsServer(free_port, tmp_path / "before")
+    server.start()
+    here, there, worker = (AsyncSignal(name="t") for _ in range(3))
+    seen: list[int] = []
+    handled: list[int] = []
+    there.connect(lambda sender, n, **kw: seen.append(n), weak=False)
+    worker.connect(lambda sender, n, **kw: handled.append(n), weak=False)
+    slow = {"block": 2.0}  # the readers notice the lost consumers seconds after the publisher
+    try:
+        async with (
+            Bridge(JetStream(server.url, **slow), stream="events", signals=[there], **FAST),
+            Bridge(
+                JetStream(server.url, **slow),
+                stream="events",
+                signals=[worker],
+                mode="shared",
+                group="g",
+                **FAST,
+            ),  # fmt: skip
+            bridge(server.url, "events", here, mode="publish", **FAST),
+        ):
+            for n in range(5):
+                await here.send(None, n=n)
+            await eventually(lambda: len(seen) == len(handled) == 5)
+            server.kill()
+            server.dir = tmp_path / "after"  # everything the server knew is gone
+            server.start()
+            for n in range(5, 10):
+                await here.send(None, n=n)
+            await eventually(lambda: len(seen) >= 10 and len(handled) >= 10, timeout=15)
+    finally:
+        server.kill()
+    assert seen == handled == list(range(10))
+
+
+async def test_a_message_the_stream_refuses_fails_its_send_at_once(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    """JetStream's negative acknowledgement (here: over the stream's max_msg_size, set by an
+    operator) is the send's PublishError, not a retry until publish_timeout."""
+    await js.add_stream(name=stream, subjects=[stream], max_msg_size=300)
+    sig = AsyncSignal(name="s")
+    async with bridge(nats_url, stream, sig, mode="publish", publish_timeout=5, **FAST):
+        await sig.send(None, note="fits")
+        started = time.monotonic()
+        with pytest.raises(ExceptionGroup) as caught:
+            await sig.send(None, note="x" * 400)
+        assert time.monotonic() - started < 2
+    assert caught.group_contains(
+        PublishError, match="refused the message: message size exceeds maximum"
+    )
+    assert (await js.stream_info(stream)).state.messages == 1

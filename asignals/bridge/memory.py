@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -44,14 +43,13 @@ class _Group:
 class _Stream:
     def __init__(self) -> None:
         self.messages: dict[int, bytes] = {}
-        self.seqs = itertools.count(1)
         self.last_seq = 0
         self.groups: dict[str, _Group] = {}
         self.dead: list[DeadLetter] = []
         self.wakers: set[asyncio.Event] = set()
 
     def append(self, data: bytes, max_msgs: int | None) -> None:
-        self.last_seq = next(self.seqs)
+        self.last_seq += 1
         self.messages[self.last_seq] = data
         if max_msgs is not None and len(self.messages) > max_msgs:
             del self.messages[next(iter(self.messages))]
