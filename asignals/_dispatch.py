@@ -581,13 +581,14 @@ async def _run_trio(batch: _Batch) -> Results:
     last, and a sibling's failure cancels the held receiver through it, as a task group opened
     first would.
 
-    That reads trio's private task state; where it is not as expected, the group is opened
-    before the driver starts, as a plain ``async with`` (:func:`_run_trio_early`).
+    That reads trio's private task state; where it is not as expected (checked once, by
+    :func:`_find_late_opener`), the group is opened before the driver starts, as a plain
+    ``async with`` (:func:`_run_trio_early`).
     """
-    trio = sys.modules.get("trio")
-    if trio is None or not _late_nursery_supported(trio):
+    open_late = _late_opener if _late_opener is not None else _find_late_opener()
+    if not open_late:  # not trio, or a trio whose state _open_late does not know
         return await _run_trio_early(batch)
-    task = trio.lowlevel.current_task()
+    task = sys.modules["trio"].lowlevel.current_task()
     status = task._cancel_status  # the send's: the one the receivers start in
     driver = _drive(batch)
     try:
@@ -598,7 +599,7 @@ async def _run_trio(batch: _Batch) -> Results:
     except Exception as exc:
         raise group(batch.signal, [exc]) from None
     task_group = anyio.create_task_group()
-    if not _open_late(task_group, task, status):
+    if not open_late(task_group, task, status):
         # The receiver left a scope the send started in (by calling its __exit__ itself): no
         # nursery can nest under the send's scopes any more, so the rest run after it, in turn.
         try:
@@ -628,25 +629,31 @@ async def _run_trio(batch: _Batch) -> Results:
     return batch.results
 
 
-_late_nursery: bool | None = None  # whether trio's task state is as _open_late expects
+#: :func:`_open_late`, KI-protected (a KeyboardInterrupt must not land while it moves trio's
+#: state), once trio's task state is known to be as it expects; False if it is not.
+_late_opener: Any = None
 
 
-def _late_nursery_supported(trio: Any) -> bool:
-    global _late_nursery
-    if _late_nursery is None:
-        run = getattr(getattr(trio, "_core", None), "_run", None)
-        status = getattr(getattr(run, "CancelStatus", None), "parent", None)
-        task = getattr(run, "Task", None)
-        _late_nursery = (
-            isinstance(status, property)
-            and status.fset is not None
-            and all(
-                hasattr(task, name)
-                for name in ("_cancel_status", "_child_nurseries", "_activate_cancel_status")
-            )
-            and hasattr(getattr(run, "CancelScope", None), "_cancel_status")
+def _find_late_opener() -> Any:
+    global _late_opener
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False  # not running on trio: not cached, trio may run later
+    run = getattr(getattr(trio, "_core", None), "_run", None)
+    status = getattr(getattr(run, "CancelStatus", None), "parent", None)
+    task = getattr(run, "Task", None)
+    protect = getattr(getattr(trio, "lowlevel", None), "enable_ki_protection", None)
+    supported = (
+        isinstance(status, property)
+        and status.fset is not None
+        and all(
+            hasattr(task, name)
+            for name in ("_cancel_status", "_child_nurseries", "_activate_cancel_status")
         )
-    return _late_nursery
+        and hasattr(getattr(run, "CancelScope", None), "_cancel_status")
+    )
+    _late_opener = protect(_open_late) if supported and protect is not None else False
+    return _late_opener
 
 
 def _open_late(task_group: anyio.abc.TaskGroup, task: Any, status: Any) -> bool:

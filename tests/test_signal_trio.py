@@ -16,7 +16,7 @@ import anyio
 import pytest
 import trio
 
-from asignals import AsyncSignal
+from asignals import AsyncSignal, _dispatch
 
 pytestmark = pytest.mark.anyio
 
@@ -24,6 +24,21 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "trio"
+
+
+@pytest.fixture
+def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``late``: the nursery opens at the first suspension (the default); ``early``: before
+    the first receiver runs, as on a trio whose task state the late opener does not know."""
+    if request.param == "early":
+        monkeypatch.setattr(_dispatch, "_late_opener", False)
+    return str(request.param)
+
+
+def both_openers(test: Any) -> Any:
+    """Run ``test`` with the nursery opened late and early: the behaviour must not differ."""
+    test = pytest.mark.parametrize("opener", ["late", "early"], indirect=True)(test)
+    return pytest.mark.usefixtures("opener")(test)
 
 
 def connect_all(sig: AsyncSignal, *receivers: Any) -> None:
@@ -90,6 +105,7 @@ HELD = [
 ]
 
 
+@both_openers
 @pytest.mark.parametrize("suspends", HELD)
 async def test_receivers_after_a_suspended_one_run_concurrently_with_it(suspends: Any) -> None:
     """The held receiver waits for what a later one does: they must run side by side."""
@@ -115,6 +131,7 @@ async def test_receivers_after_a_suspended_one_run_concurrently_with_it(suspends
     assert [r for _, r in results] == ["woken", "set", "sync"]
 
 
+@both_openers
 async def test_a_receivers_own_timeout_fires_at_its_first_suspension() -> None:
     sig = AsyncSignal()
     finished: list[str] = []
@@ -138,6 +155,7 @@ async def test_a_receivers_own_timeout_fires_at_its_first_suspension() -> None:
     assert finished == ["times_out", "slower"]
 
 
+@both_openers
 async def test_fail_after_at_the_first_suspension_fails_the_send_and_cancels_the_rest() -> None:
     sig = AsyncSignal()
     cancelled: list[str] = []
@@ -182,6 +200,7 @@ async def held_in_own_nursery() -> None:
         await trio.sleep_forever()
 
 
+@both_openers
 @pytest.mark.parametrize("wait", [held_bare, held_in_scope, held_in_sleep, held_in_own_nursery])
 async def test_a_siblings_failure_cancels_the_suspended_receiver(wait: Any) -> None:
     sig = AsyncSignal()
@@ -206,6 +225,7 @@ async def test_a_siblings_failure_cancels_the_suspended_receiver(wait: Any) -> N
     assert cancelled == ["held"]
 
 
+@both_openers
 async def test_a_shielded_suspended_receiver_finishes_despite_a_siblings_failure() -> None:
     sig = AsyncSignal()
     finished: list[str] = []
@@ -225,6 +245,7 @@ async def test_a_shielded_suspended_receiver_finishes_despite_a_siblings_failure
     assert finished == ["shielded"]
 
 
+@both_openers
 async def test_the_suspended_receivers_failure_cancels_the_others() -> None:
     sig = AsyncSignal()
     cancelled: list[str] = []
@@ -248,6 +269,7 @@ async def test_the_suspended_receivers_failure_cancels_the_others() -> None:
     assert cancelled == ["waits"]
 
 
+@both_openers
 async def test_a_nested_send_suspended_in_scopes_nests_and_cancels() -> None:
     """The held receiver is itself a send whose held receiver is inside a scope: both
     sends open their nursery at the same suspension, the inner one inside the outer one."""
@@ -304,6 +326,7 @@ async def test_a_nested_send_suspended_in_scopes_nests_and_cancels() -> None:
 # -- cancelling the sender ------------------------------------------------------------------
 
 
+@both_openers
 @pytest.mark.parametrize("wait", [held_bare, held_in_scope, held_in_sleep, held_in_own_nursery])
 async def test_cancelling_the_sender_cancels_every_receiver(wait: Any) -> None:
     sig = AsyncSignal()
@@ -329,6 +352,7 @@ async def test_cancelling_the_sender_cancels_every_receiver(wait: Any) -> None:
     assert sorted(cancelled) == ["held", "task"]
 
 
+@both_openers
 async def test_cancelling_the_sender_from_another_task() -> None:
     sig = AsyncSignal()
     started = trio.Event()
@@ -362,6 +386,7 @@ async def test_cancelling_the_sender_from_another_task() -> None:
 # -- context variables and results ----------------------------------------------------------
 
 
+@both_openers
 async def test_context_variables_around_a_suspension_in_a_scope() -> None:
     """The held receiver runs in the caller's context, the later ones in a shared copy."""
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
@@ -396,6 +421,7 @@ async def test_context_variables_around_a_suspension_in_a_scope() -> None:
     assert other.get() == "set by a task"
 
 
+@both_openers
 async def test_results_stay_in_connection_order_whatever_finishes_first() -> None:
     sig = AsyncSignal()
     finished: list[int] = []
@@ -433,6 +459,7 @@ async def test_results_stay_in_connection_order_whatever_finishes_first() -> Non
     assert finished == [3, 5, 1]
 
 
+@both_openers
 async def test_send_robust_keeps_the_held_receivers_failure_in_its_slot() -> None:
     sig = AsyncSignal()
 
@@ -467,6 +494,7 @@ async def test_receivers_that_never_suspend_run_in_the_sending_task_without_a_nu
     assert [r for _, r in results] == [(True, 0)] * 3
 
 
+@both_openers
 async def test_receivers_after_a_suspension_run_in_a_nursery_of_the_sending_task() -> None:
     sig = AsyncSignal()
     sender_task = trio.lowlevel.current_task()
