@@ -82,6 +82,12 @@ async def first_suspension_in_own_nursery(event: trio.Event) -> str:
     return "woken"
 
 
+async def first_suspension_in_own_nurserys_exit(event: trio.Event) -> str:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(event.wait)  # the body never suspends: the nursery's exit waits
+    return "woken"
+
+
 async def first_suspension_in_shield(event: trio.Event) -> str:
     with trio.CancelScope(shield=True), trio.move_on_after(5):
         await event.wait()
@@ -100,6 +106,7 @@ HELD = [
     first_suspension_in_fail_after,
     first_suspension_in_trio_sleep,
     first_suspension_in_own_nursery,
+    first_suspension_in_own_nurserys_exit,
     first_suspension_in_shield,
     first_suspension_after_a_closed_scope,
 ]
