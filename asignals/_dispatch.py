@@ -588,7 +588,10 @@ async def _run_trio(batch: _Batch) -> Results:
     open_late = _late_opener if _late_opener is not None else _find_late_opener()
     if not open_late:  # not trio, or a trio whose state _open_late does not know
         return await _run_trio_early(batch)
-    task = sys.modules["trio"].lowlevel.current_task()
+    try:
+        task = sys.modules["trio"].lowlevel.current_task()
+    except RuntimeError:  # no trio run either: AnyIO raises its own error about that
+        return await _run_trio_early(batch)
     status = task._cancel_status  # the send's: the one the receivers start in
     driver = _drive(batch)
     try:

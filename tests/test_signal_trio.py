@@ -545,3 +545,19 @@ async def test_a_receiver_that_leaves_the_senders_scope_runs_the_rest_after_it()
     results = await sig.send(None)
     assert [r for _, r in results] == ["left", "after"]
     assert order == ["leaves", "after"]
+
+
+def test_a_send_outside_any_event_loop_fails_as_anyio_does() -> None:
+    """With trio imported but not running (a sync caller stepping the coroutine itself, as
+    SQLAlchemy's sync session adapter does), the error is AnyIO's "no event loop"."""
+    sig = AsyncSignal()
+    connect_all(sig, receiver(async_returns), receiver(async_returns))
+    sending = sig.send(None)
+    with pytest.raises(Exception) as info:
+        sending.send(None)
+    sending.close()
+    assert type(info.value).__name__ in ("NoEventLoopError", "AsyncLibraryNotFoundError")
+
+
+async def async_returns(sender: Any, **kw: Any) -> str:
+    return "returned"
