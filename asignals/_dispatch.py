@@ -32,8 +32,10 @@ scopes and ``asyncio.timeout`` always belong to the task the receiver runs in:
 
 - asyncio: the driver runs in the sending task itself, so a send whose receivers never
   suspend creates no task at all. On Python 3.12+ the tasks start eagerly.
-- trio: the same, inside an AnyIO task group opened before the driver starts (see
-  :func:`_run_trio`); after a suspension every later receiver gets a task.
+- trio: the same; the AnyIO task group the later receivers start in is opened at the first
+  suspension, and slotted in under any cancel scope the suspended receiver entered, so that
+  the scopes nest as trio requires (see :func:`_run_trio`). After a suspension every later
+  receiver gets a task.
 - ``timeout`` / ``max_concurrency``: one AnyIO task per receiver, each with its deadline and
   limiter. ``concurrent=False``: receivers awaited one by one, in connection order.
 
@@ -568,12 +570,142 @@ async def run(
 
 
 async def _run_trio(batch: _Batch) -> Results:
-    """trio: the driver runs in the sending task, inside a task group opened first.
+    """trio: the driver runs in the sending task; a nursery opens only if a receiver suspends.
 
-    The group cannot be opened lazily at the first suspension as on asyncio: the suspended
-    receiver may have entered a cancel scope, and trio requires scopes to close in the order
-    they opened.
+    trio requires cancel scopes to close in the reverse order they opened, and the receiver
+    that suspends may have done so inside scopes of its own (``trio.sleep(1)`` itself waits
+    inside one). So the nursery the later receivers start in is opened at that suspension,
+    before its trap reaches trio, and put where it would be had it been opened before the
+    driver started: between the send's cancel status and the receiver's outermost scope (see
+    :func:`_open_late`). The held receiver's scopes then close into the nursery's, which closes
+    last, and a sibling's failure cancels the held receiver through it, as a task group opened
+    first would.
+
+    That reads trio's private task state; where it is not as expected (checked once, by
+    :func:`_find_late_opener`), the group is opened before the driver starts, as a plain
+    ``async with`` (:func:`_run_trio_early`).
     """
+    open_late = _late_opener if _late_opener is not None else _find_late_opener()
+    if not open_late:  # not trio, or a trio whose state _open_late does not know
+        return await _run_trio_early(batch)
+    try:
+        task = sys.modules["trio"].lowlevel.current_task()
+    except RuntimeError:  # no trio run either: AnyIO raises its own error about that
+        return await _run_trio_early(batch)
+    status = task._cancel_status  # the send's: the one the receivers start in
+    driver = _drive(batch)
+    try:
+        for value in driver:  # noqa: B007 - as in run()
+            break
+        else:
+            return batch.results
+    except Exception as exc:
+        raise group(batch.signal, [exc]) from None
+    task_group = anyio.create_task_group()
+    if not open_late(task_group, task, status):
+        # The receiver left a scope the send started in (by calling its __exit__ itself): no
+        # nursery can nest under the send's scopes any more, so the rest run after it, in turn.
+        try:
+            await _resume(driver, value, None)
+        except Exception as exc:
+            raise group(batch.signal, [exc]) from None
+        return batch.results
+    batch.prepare(None, None, task_group)
+    try:
+        # The body of ``async with task_group``, which _open_late entered.
+        try:
+            _split(batch)
+            try:
+                await _resume(driver, value, None)
+            except Exception as exc:
+                batch.fail(exc)
+        except BaseException as exc:
+            if not await task_group.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await task_group.__aexit__(None, None, None)
+    finally:
+        batch.shared.restore()  # after the group: its tasks have all finished
+    if batch.failures:
+        raise group(batch.signal, batch.failures)
+    batch.results.extend(batch.later)
+    return batch.results
+
+
+#: :func:`_open_late`, KI-protected (a KeyboardInterrupt must not land while it moves trio's
+#: state), once trio's task state is known to be as it expects; False if it is not.
+_late_opener: Any = None
+
+
+def _find_late_opener() -> Any:
+    global _late_opener
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False  # not running on trio: not cached, trio may run later
+    run = getattr(getattr(trio, "_core", None), "_run", None)
+    status = getattr(getattr(run, "CancelStatus", None), "parent", None)
+    task = getattr(run, "Task", None)
+    protect = getattr(getattr(trio, "lowlevel", None), "enable_ki_protection", None)
+    supported = (
+        isinstance(status, property)
+        and status.fset is not None
+        and all(
+            hasattr(task, name)
+            for name in ("_cancel_status", "_child_nurseries", "_activate_cancel_status")
+        )
+        and hasattr(getattr(run, "CancelScope", None), "_cancel_status")
+    )
+    _late_opener = protect(_open_late) if supported and protect is not None else False
+    return _late_opener
+
+
+def _open_late(task_group: anyio.abc.TaskGroup, task: Any, status: Any) -> bool:
+    """Enter ``task_group`` in ``task`` as if it had been entered where the send's ``status``
+    was active, although the receiver suspended at this moment may have entered scopes since.
+
+    The receiver's trap has not reached trio yet, so the task is still running and nothing
+    can be delivered to it meanwhile. Returns False, changing nothing, if the task is no longer
+    inside ``status`` at all.
+    """
+    held = task._cancel_status  # the receiver's innermost scope, or the send's own
+    outer = None  # the receiver's outermost scope's status
+    inner: set[Any] = set()
+    current = held
+    while current is not status:
+        if current is None:
+            return False
+        inner.add(current)
+        outer = current
+        current = current.parent
+    if outer is not None:
+        # Enter the group's scope as if it came first: in the send's status.
+        task._activate_cancel_status(status)
+    # Neither trio's nursery nor AnyIO's group suspends on entering (their __aenter__ awaits
+    # nothing): run it to its end here, so that the receiver's trap is the next thing trio sees.
+    entering = task_group.__aenter__()
+    try:
+        entering.send(None)
+    except StopIteration:
+        pass
+    else:  # pragma: no cover - a trio or AnyIO that would need a new design here
+        entering.close()
+        raise RuntimeError("asignals: entering a task group suspended on this trio version")
+    if outer is not None:
+        # The receiver's scopes now nest in the group's, and its nursery list gets ours
+        # before any it opened: each closes into (and pops off) the right one.
+        outer.parent = task._cancel_status
+        task._activate_cancel_status(held)
+        nurseries = task._child_nurseries
+        ours = nurseries.pop()
+        at = len(nurseries)
+        while at and nurseries[at - 1].cancel_scope._cancel_status in inner:
+            at -= 1
+        nurseries.insert(at, ours)
+    return True
+
+
+async def _run_trio_early(batch: _Batch) -> Results:
+    """trio, where :func:`_open_late` cannot work: the group is opened before the driver."""
     driver = _drive(batch)
     prepared = False
     try:
