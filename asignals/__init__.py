@@ -1,4 +1,4 @@
-"""asignals: Django-style signals for async Python (asyncio, uvloop and trio).
+"""Django-style signals for async Python, on asyncio, uvloop and trio.
 
 A signal lets the code where something happens announce it, and any number of receivers react,
 without the sender importing them. Everything an application needs is importable from here:

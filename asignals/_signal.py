@@ -451,6 +451,10 @@ class AsyncSignal(Generic[P, R]):
     each send's keyword names are checked at run time. Without one, it accepts any keyword
     arguments, as Django's ``Signal`` does.
 
+    ``concurrent``, ``timeout`` and ``max_concurrency`` are the signal's
+    [dispatch options](../guides/dispatch-options.md): :meth:`send` and :meth:`send_robust`
+    take the same keywords to override them per call.
+
     :param name: the name shown in ``repr()``, in log lines and in error messages; a typed
         signal takes its spec's ``__name__`` by default. Give every signal one: an unnamed
         one shows as ``<AsyncSignal at 0x...>``.
@@ -472,9 +476,6 @@ class AsyncSignal(Generic[P, R]):
     :raises TypeError: ``name`` is not a string, a dispatch option has the wrong type, or
         ``spec`` is not a function taking the sender first and keyword-only arguments after.
     :raises ValueError: ``timeout`` is not positive, or ``max_concurrency`` is below 1.
-
-    The last three are the signal's [dispatch options](../guides/dispatch-options.md):
-    :meth:`send` and :meth:`send_robust` take the same keywords to override them per call.
     """
 
     @overload
