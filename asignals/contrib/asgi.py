@@ -50,10 +50,15 @@ from ..signals import got_request_exception, request_finished, request_started
 __all__ = ["SignalsMiddleware", "lifespan", "make_lifespan"]
 
 Scope = MutableMapping[str, Any]
+"""An ASGI connection scope (``scope["type"]``, ``scope["path"]``, ...), as the server passes it."""
 Message = MutableMapping[str, Any]
+"""An ASGI event message (``{"type": "http.response.start", "status": 200, ...}``)."""
 Receive = Callable[[], Awaitable[Message]]
+"""The ASGI ``receive`` callable: awaits the next message from the client."""
 Send = Callable[[Message], Awaitable[None]]
+"""The ASGI ``send`` callable: sends one message to the client."""
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""An ASGI application: ``await app(scope, receive, send)``. What the middleware wraps."""
 
 _AppT = TypeVar("_AppT")
 _StateT = TypeVar("_StateT")
@@ -132,8 +137,8 @@ class SignalsMiddleware:
     """ASGI middleware: the request signals for every request, and the held sends' delivery.
 
     Add it to any ASGI app to send ``request_started``, ``got_request_exception`` and
-    ``request_finished`` for every HTTP request and websocket connection (see the module
-    docstring for when each is sent), and to make
+    ``request_finished`` for every HTTP request and websocket connection (the module's
+    documentation says when each is sent), and to make
     :meth:`~asignals.AsyncSignal.send_after_response` work inside requests: the sends it holds
     are delivered once the request succeeded, and dropped otherwise. It is pure ASGI, so it
     wraps Starlette, FastAPI, Quart, Litestar or a bare ASGI callable alike; other scopes
@@ -141,7 +146,7 @@ class SignalsMiddleware:
 
     ```py
     app = FastAPI(lifespan=asignals.contrib.asgi.lifespan)
-    app.add_middleware(SignalsMiddleware)            # or SignalsMiddleware(app) for any app
+    app.add_middleware(SignalsMiddleware)  # any other ASGI app: SignalsMiddleware(app)
     ```
 
     :param app: the ASGI application to wrap (``app.add_middleware`` passes it).
@@ -174,7 +179,7 @@ class SignalsMiddleware:
                 f"such as `lambda status: status < 400`; got {deliver_on!r} of type "
                 f"{type(deliver_on).__name__}"
             )
-        self.app = app
+        self.app: ASGIApp = app
         """The wrapped ASGI application, called for every scope."""
         self._sender = sender
         self._deliver_on = deliver_on
