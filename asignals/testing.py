@@ -122,7 +122,7 @@ class SignalRecorder:
     ``with SignalRecorder(order_placed, order_cancelled) as rec: ...``. Recording wraps each
     watched signal's ``send`` and ``send_robust`` on the instance; nothing is connected, so
     ``has_listeners()``, receivers' results and muted signals behave as without it. Iterating
-    it, or ``len()``, gives the recorded sends.
+    it gives the recorded sends, ``len()`` their number.
 
     :param signals: the signals to watch from the start (more with :meth:`watch`).
     :raises TypeError: one of ``signals`` is not an :class:`~asignals.AsyncSignal`.
@@ -320,7 +320,7 @@ class SignalRecorder:
         timeout: float = 5.0,
         **kwargs: Any,
     ) -> SentSignal:
-        """Wait until ``times`` matching sends were recorded; return the ``times``-th.
+        """Wait until ``times`` matching sends were recorded; return the one that made the count.
 
         For background sends (``send_nowait``, ``send_later``), which are recorded when the
         dispatcher runs them, after the call that made them has returned.

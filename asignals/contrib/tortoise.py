@@ -125,7 +125,7 @@ def uninstall(*models: type[Model]) -> bool:
 
     For tests and for shutting down cleanly: the listeners are removed from the models, and
     the many-to-many methods are restored once no model is installed any more. Receivers stay
-    connected; they just stop being sent to.
+    connected: these models' saves and deletes just stop sending to them.
 
     :param models: the model classes to stop covering; none for every installed one.
     :returns: ``True`` if at least one of them was installed.
