@@ -101,11 +101,10 @@ def post_save(
     """Sent after an instance was written: the place for reactions to a new or changed row.
 
     The SQLAlchemy adapter sends it from ``after_flush``, once every row of the flush is
-    written and primary keys are set, inside the same transaction (or once the transaction
-    committed, with ``install(..., defer_post_until_commit=True)``); Tortoise's, inside
+    written and primary keys are set, inside the same transaction; Tortoise's, inside
     ``Model.save()`` after the write. For side effects that must not happen if the
     transaction later rolls back (an email), install the SQLAlchemy adapter with
-    ``defer_post_until_commit=True``.
+    ``defer_post_until_commit=True``: it is then sent once the transaction committed.
 
     :param sender: the instance's model class.
     :param instance: the object that was written.
