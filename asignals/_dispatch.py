@@ -584,14 +584,16 @@ async def _run_trio(batch: _Batch) -> Results:
                 else:
                     return batch.results
             except Exception as exc:
-                raise group(batch.signal, [exc]) from None
-            batch.prepare(None, None, task_group)
-            prepared = True
-            _split(batch)
-            try:
-                await _resume(driver, value, None)
-            except Exception as exc:
-                batch.fail(exc)
+                # Raised after the group, so that trio does not wrap it in a group of its own.
+                batch.failures = [exc]
+            else:
+                batch.prepare(None, None, task_group)
+                prepared = True
+                _split(batch)
+                try:
+                    await _resume(driver, value, None)
+                except Exception as exc:
+                    batch.fail(exc)
     finally:
         if prepared:
             batch.shared.restore()  # after the group: its tasks have all finished

@@ -24,7 +24,7 @@ from subprocess import PIPE
 from typing import Any
 
 from asignals import AsyncSignal
-from asignals.contrib.redis import RedisBridge
+from asignals.bridge import Bridge, RedisStreams
 
 REDIS_URL = os.environ.get("ASIGNALS_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -39,17 +39,20 @@ class Order:
     placed_at: dt.datetime
 
 
-def bridges(run: str, mode: str) -> tuple[RedisBridge, RedisBridge]:
-    """The same two bridges in every process: same stream names, same registrations."""
-    events = RedisBridge(
-        REDIS_URL,
+def bridges(run: str, mode: str) -> tuple[Bridge, Bridge]:
+    """The same two bridges in every process: same stream names, same registrations.
+
+    Moving to NATS is one constructor per bridge: ``JetStream("nats://127.0.0.1:4222")``.
+    """
+    events = Bridge(
+        RedisStreams(REDIS_URL),
         stream=f"example:{run}:events",
         mode="publish" if mode == "publish" else "broadcast",
         signals=[order_placed],
         senders={"Order": Order},
     )
-    jobs = RedisBridge(
-        REDIS_URL,
+    jobs = Bridge(
+        RedisStreams(REDIS_URL),
         stream=f"example:{run}:jobs",
         mode="publish" if mode == "publish" else "shared",
         group=None if mode == "publish" else "mailers",

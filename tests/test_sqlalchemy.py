@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,6 @@ from typing import Any, ClassVar
 
 import anyio
 import pytest
-from recording import Recorder
 from sqlalchemy import (
     Column,
     ForeignKey,
@@ -25,7 +26,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import PendingRollbackError
+from sqlalchemy.exc import MissingGreenlet, PendingRollbackError
 from sqlalchemy.ext.asyncio import (
     AsyncAttrs,
     AsyncSession,
@@ -52,6 +53,7 @@ from asignals.signals import (
     pre_delete,
     pre_save,
 )
+from asignals.testing import SentSignal, SignalRecorder
 
 
 @pytest.fixture
@@ -152,6 +154,11 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DB
         await engine.dispose()
 
 
+def from_sender(recorder: SignalRecorder, signal: AsyncSignal, sender: Any) -> list[SentSignal]:
+    """The recorded sends of ``signal`` whose sender is ``sender``, oldest first."""
+    return [s for s in recorder.of(signal) if s.sender is sender]
+
+
 async def count(db: DB, model: Any) -> int:
     async with db.maker() as s:
         return int(await s.scalar(select(func.count()).select_from(model)) or 0)
@@ -162,14 +169,14 @@ async def count(db: DB, model: Any) -> int:
 pytestmark = pytest.mark.anyio
 
 
-async def test_create_sends_pre_and_post_save(db: DB, rec: Recorder) -> None:
-    rec.watch(pre_save, post_save)
+async def test_create_sends_pre_and_post_save(db: DB, signal_recorder: SignalRecorder) -> None:
+    signal_recorder.watch(pre_save, post_save)
     async with db.maker() as s:
         author = db.m.Author(name="Ann")
         s.add(author)
         await s.commit()
-    assert [c.signal for c in rec.calls] == ["pre_save", "post_save"]
-    pre, post = rec.calls
+    assert [c.signal for c in signal_recorder.sends] == [pre_save, post_save]
+    pre, post = signal_recorder.sends
     assert pre.sender is db.m.Author and post.sender is db.m.Author
     assert pre.kwargs["instance"] is author and pre.kwargs["created"] is True
     assert post.kwargs["created"] is True and post.kwargs["update_fields"] is None
@@ -205,33 +212,35 @@ async def test_post_save_receiver_queries_the_same_transaction(db: DB, connect: 
     assert seen == [2, 2]  # both rows visible from inside the flush, before COMMIT
 
 
-async def test_update_reports_changed_columns(db: DB, rec: Recorder) -> None:
+async def test_update_reports_changed_columns(db: DB, signal_recorder: SignalRecorder) -> None:
     async with db.maker() as s:
         author, other = db.m.Author(name="Cy"), db.m.Author(name="Di")
         book = db.m.Book(title="T", author=author)
         s.add_all([author, other, book])
         await s.commit()
-        rec.watch(pre_save, post_save)
+        signal_recorder.watch(pre_save, post_save)
         author.name = "Cyd"
         book.author = other
         book.title = "T2"
         await s.commit()
-    by_instance = {id(c.kwargs["instance"]): c for c in rec.named("post_save")}
-    assert len(rec.named("pre_save")) == 2 and len(by_instance) == 2
+    by_instance = {id(c.kwargs["instance"]): c for c in signal_recorder.of(post_save)}
+    assert len(signal_recorder.of(pre_save)) == 2 and len(by_instance) == 2
     assert by_instance[id(author)].kwargs["update_fields"] == frozenset({"name"})
     assert by_instance[id(author)].kwargs["created"] is False
     assert by_instance[id(book)].kwargs["update_fields"] == frozenset({"title", "author_id"})
-    assert other not in [c.kwargs["instance"] for c in rec.calls]  # unchanged: no signal
+    assert other not in [
+        c.kwargs["instance"] for c in signal_recorder.sends
+    ]  # unchanged: no signal
 
 
-async def test_many_objects_in_one_flush(db: DB, rec: Recorder) -> None:
-    rec.watch(pre_save, post_save)
+async def test_many_objects_in_one_flush(db: DB, signal_recorder: SignalRecorder) -> None:
+    signal_recorder.watch(pre_save, post_save)
     authors = [db.m.Author(name=f"n{i}") for i in range(300)]
     async with db.maker() as s:
         s.add_all(authors)
         await s.commit()
-    assert [c.kwargs["instance"] for c in rec.named("pre_save")] == authors
-    posts = rec.named("post_save")
+    assert [c.kwargs["instance"] for c in signal_recorder.of(pre_save)] == authors
+    posts = signal_recorder.of(post_save)
     assert [c.kwargs["instance"] for c in posts] == authors
     assert all(c.kwargs["created"] for c in posts)
     assert len({c.kwargs["instance"].id for c in posts}) == 300
@@ -239,57 +248,58 @@ async def test_many_objects_in_one_flush(db: DB, rec: Recorder) -> None:
 
 
 async def test_objects_added_by_a_pre_save_receiver_get_their_own_signals(
-    db: DB, rec: Recorder, connect: Any
+    db: DB, signal_recorder: SignalRecorder, connect: Any
 ) -> None:
     def add_first_book(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
         if created:
             instance.books.append(db.m.Book(title=f"{instance.name}'s first"))
 
     connect(pre_save, add_first_book, db.m.Author)
-    rec.watch(post_save, sender=db.m.Book)
+    signal_recorder.watch(post_save)
     async with db.maker() as s:
         s.add(db.m.Author(name="Eve"))
         await s.commit()
-    assert [c.kwargs["instance"].title for c in rec.calls] == ["Eve's first"]
+    books = from_sender(signal_recorder, post_save, db.m.Book)
+    assert [c.kwargs["instance"].title for c in books] == ["Eve's first"]
     assert await count(db, db.m.Book) == 1
 
 
 # -- deletes ----------------------------------------------------------------------------------
 
 
-async def test_delete_cascade_and_orphan(db: DB, rec: Recorder) -> None:
+async def test_delete_cascade_and_orphan(db: DB, signal_recorder: SignalRecorder) -> None:
     async with db.maker() as s:
         author = db.m.Author(name="Fay", books=[db.m.Book(title=t) for t in "abc"])
         s.add(author)
         await s.commit()
         a, b, c = author.books
-        rec.watch(pre_save, pre_delete, post_delete)
+        signal_recorder.watch(pre_save, pre_delete, post_delete)
         author.books.remove(a)  # delete-orphan
         await s.commit()
-        assert [(x.signal, x.kwargs["instance"]) for x in rec.calls] == [
-            ("pre_delete", a),
-            ("post_delete", a),
+        assert [(x.signal, x.kwargs["instance"]) for x in signal_recorder.sends] == [
+            (pre_delete, a),
+            (post_delete, a),
         ]
-        rec.calls.clear()
+        signal_recorder.clear()
         await s.delete(author)  # cascades to b and c
         await s.commit()
-    pre = {c.kwargs["instance"] for c in rec.named("pre_delete")}
-    post = {c.kwargs["instance"] for c in rec.named("post_delete")}
+    pre = {c.kwargs["instance"] for c in signal_recorder.of(pre_delete)}
+    post = {c.kwargs["instance"] for c in signal_recorder.of(post_delete)}
     assert pre == post == {author, b, c}
-    assert not rec.named("pre_save")
-    assert {c.sender for c in rec.named("post_delete")} == {db.m.Author, db.m.Book}
+    assert not signal_recorder.of(pre_save)
+    assert {c.sender for c in signal_recorder.of(post_delete)} == {db.m.Author, db.m.Book}
     assert await count(db, db.m.Book) == 0 and await count(db, db.m.Author) == 0
 
 
 # -- many-to-many -----------------------------------------------------------------------------
 
 
-async def test_m2m_add_remove_clear(db: DB, rec: Recorder) -> None:
+async def test_m2m_add_remove_clear(db: DB, signal_recorder: SignalRecorder) -> None:
     async with db.maker() as s:
         t1, t2, t3 = (db.m.Tag(name=n) for n in ("x", "y", "z"))
         s.add_all([t1, t2, t3])
         await s.commit()
-        rec.watch(m2m_changed)
+        signal_recorder.watch(m2m_changed)
         book = db.m.Book(title="M", tags=[t1, t2])
         s.add(book)
         await s.commit()
@@ -300,7 +310,7 @@ async def test_m2m_add_remove_clear(db: DB, rec: Recorder) -> None:
         await s.commit()
         book.tags.clear()
         await s.commit()
-    actions = [(c.kwargs["action"], c.kwargs["pk_set"]) for c in rec.calls]
+    actions = [(c.kwargs["action"], c.kwargs["pk_set"]) for c in signal_recorder.sends]
     assert actions == [
         ("pre_add", {t1.id, t2.id}),
         ("post_add", {t1.id, t2.id}),
@@ -311,7 +321,7 @@ async def test_m2m_add_remove_clear(db: DB, rec: Recorder) -> None:
         ("pre_clear", None),
         ("post_clear", None),
     ]
-    for call in rec.calls:
+    for call in signal_recorder.sends:
         assert call.sender is db.m.book_tags
         assert call.kwargs["instance"] is book
         assert call.kwargs["model"] is db.m.Tag
@@ -320,31 +330,36 @@ async def test_m2m_add_remove_clear(db: DB, rec: Recorder) -> None:
         assert await s.scalar(select(func.count()).select_from(db.m.book_tags)) == 0
 
 
-async def test_m2m_reverse_side_when_the_forward_side_is_not_loaded(db: DB, rec: Recorder) -> None:
+async def test_m2m_reverse_side_when_the_forward_side_is_not_loaded(
+    db: DB, signal_recorder: SignalRecorder
+) -> None:
     async with db.maker() as s:
         s.add_all([db.m.Book(title="R"), db.m.Tag(name="r")])
         await s.commit()
     async with db.maker() as s:
         tag = await s.scalar(select(db.m.Tag))
         book_id = await s.scalar(select(db.m.Book.id))
-        rec.watch(m2m_changed)
+        signal_recorder.watch(m2m_changed)
         book = await s.get(db.m.Book, book_id, options=[])
         s.expire(book, ["tags"])  # the forward collection is not loaded
         tag.books.append(book)
         await s.commit()
-    assert [(c.kwargs["action"], c.kwargs["reverse"]) for c in rec.calls] == [
+    assert [(c.kwargs["action"], c.kwargs["reverse"]) for c in signal_recorder.sends] == [
         ("pre_add", True),
         ("post_add", True),
     ]
-    assert rec.calls[1].kwargs["instance"] is tag and rec.calls[1].kwargs["model"] is db.m.Book
-    assert rec.calls[1].kwargs["pk_set"] == {book_id}
+    assert (
+        signal_recorder.sends[1].kwargs["instance"] is tag
+        and signal_recorder.sends[1].kwargs["model"] is db.m.Book
+    )
+    assert signal_recorder.sends[1].kwargs["pk_set"] == {book_id}
 
 
 # -- errors and transactions ------------------------------------------------------------------
 
 
 async def test_failing_pre_save_rolls_back_the_transaction(
-    db: DB, rec: Recorder, connect: Any
+    db: DB, signal_recorder: SignalRecorder, connect: Any
 ) -> None:
     async def refuse(sender: Any, instance: Any, **kwargs: Any) -> None:
         await anyio.sleep(0)
@@ -352,7 +367,7 @@ async def test_failing_pre_save_rolls_back_the_transaction(
             raise ValueError("no bad names")
 
     connect(pre_save, refuse, db.m.Author)
-    rec.watch(post_save)
+    signal_recorder.watch(post_save)
     async with db.maker() as s:
         s.add(db.m.Author(name="good"))
         await s.flush()  # written inside the transaction
@@ -365,7 +380,9 @@ async def test_failing_pre_save_rolls_back_the_transaction(
         await s.rollback()
         assert not s.new  # the session is usable again
     assert await count(db, db.m.Author) == 0  # the earlier flush was rolled back too
-    assert [c.kwargs["instance"].name for c in rec.calls] == ["good"]  # the "bad" never saved
+    assert [c.kwargs["instance"].name for c in signal_recorder.sends] == [
+        "good"
+    ]  # the "bad" never saved
 
 
 async def test_failing_pre_delete_keeps_the_row(db: DB, connect: Any) -> None:
@@ -385,22 +402,22 @@ async def test_failing_pre_delete_keeps_the_row(db: DB, connect: Any) -> None:
 
 
 async def test_post_save_deferred_until_commit_and_dropped_on_rollback(
-    db: DB, rec: Recorder
+    db: DB, signal_recorder: SignalRecorder
 ) -> None:
     adapter.install(db.maker, defer_post_until_commit=True)
-    rec.watch(post_save, post_delete)
+    signal_recorder.watch(post_save, post_delete)
     async with db.maker() as s:
         s.add(db.m.Author(name="later"))
         await s.flush()
-        assert rec.calls == []  # flushed, not committed
+        assert signal_recorder.sends == []  # flushed, not committed
         await s.commit()
-        assert [c.kwargs["instance"].name for c in rec.calls] == ["later"]
+        assert [c.kwargs["instance"].name for c in signal_recorder.sends] == ["later"]
 
-        rec.calls.clear()
+        signal_recorder.clear()
         s.add(db.m.Author(name="never"))
         await s.flush()
         await s.rollback()
-        assert rec.calls == []
+        assert signal_recorder.sends == []
 
         nested = await s.begin_nested()
         s.add(db.m.Author(name="savepoint-dropped"))
@@ -408,9 +425,9 @@ async def test_post_save_deferred_until_commit_and_dropped_on_rollback(
         await nested.rollback()
         async with s.begin_nested():
             s.add(db.m.Author(name="savepoint-kept"))
-        assert rec.calls == []
+        assert signal_recorder.sends == []
         await s.commit()
-    assert [c.kwargs["instance"].name for c in rec.calls] == ["savepoint-kept"]
+    assert [c.kwargs["instance"].name for c in signal_recorder.sends] == ["savepoint-kept"]
     assert await count(db, db.m.Author) == 2
 
 
@@ -469,52 +486,89 @@ async def test_deferred_receivers_query_and_load_through_using(db: DB, connect: 
     assert await count(db, db.m.Author) == 3
 
 
+async def test_flush_outside_await_names_missing_greenlet(db: DB, connect: Any) -> None:
+    async def slow(sender: Any, **kwargs: Any) -> None:
+        await anyio.sleep(0.01)
+
+    async with db.maker() as s:
+        author = db.m.Author(name="a", books=[db.m.Book(title="t")])
+        s.add(author)
+        await s.commit()
+        connect(pre_save, slow, db.m.Author)
+        s.expire(author, ["books"])
+        author.name = "b"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(MissingGreenlet) as error:
+                author.books  # noqa: B018 - a lazy load that autoflushes, outside await
+            gc.collect()
+        message = str(error.value)
+        assert "outside `await`" in message and "awaitable_attrs" in message
+        assert "selectinload" in message and "plain (sync) Session" not in message
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+        await s.rollback()
+        assert await author.awaitable_attrs.name == "a"  # the fix the message names works
+        author.name = "b"
+        assert [b.title for b in await author.awaitable_attrs.books] == ["t"]
+        await s.commit()
+    async with db.maker() as s:
+        assert await s.scalar(select(db.m.Author.name)) == "b"
+
+
 # -- senders ----------------------------------------------------------------------------------
 
 
-async def test_receivers_for_one_model_do_not_fire_for_another(db: DB, rec: Recorder) -> None:
-    rec.watch(post_save, sender=db.m.Book)
+async def test_receivers_for_one_model_do_not_fire_for_another(
+    db: DB, signal_recorder: SignalRecorder, connect: Any
+) -> None:
+    got: list[Any] = []
+
+    def on_book(sender: Any, instance: Any, **kwargs: Any) -> None:
+        got.append(instance)
+
+    connect(post_save, on_book, db.m.Book)
+    signal_recorder.watch(post_save)
     async with db.maker() as s:
         s.add(db.m.Author(name="not a book"))
         s.add(db.m.Tag(name="nor this"))
         await s.commit()
-        assert rec.calls == []
+        assert got == []
         s.add(db.m.Book(title="a book"))
         await s.commit()
-    assert [c.sender for c in rec.calls] == [db.m.Book]
+    assert [type(i) for i in got] == [db.m.Book]
+    assert [c.sender for c in signal_recorder.sends] == [db.m.Author, db.m.Tag, db.m.Book]
 
 
-async def test_sender_is_the_instance_own_class_under_inheritance(db: DB) -> None:
-    base, sub = Recorder(), Recorder()
-    base.watch(post_save, sender=db.m.Employee)
-    sub.watch(post_save, sender=db.m.Manager)
-    try:
-        async with db.maker() as s:
-            s.add_all([db.m.Employee(name="e"), db.m.Manager(name="m")])
-            await s.commit()
-    finally:
-        base.close()
-        sub.close()
-    assert [c.kwargs["instance"].name for c in base.calls] == ["e"]
-    assert [c.kwargs["instance"].name for c in sub.calls] == ["m"]
-    assert sub.calls[0].sender is db.m.Manager
+async def test_sender_is_the_instance_own_class_under_inheritance(
+    db: DB, signal_recorder: SignalRecorder
+) -> None:
+    signal_recorder.watch(post_save)
+    async with db.maker() as s:
+        s.add_all([db.m.Employee(name="e"), db.m.Manager(name="m")])
+        await s.commit()
+    base = from_sender(signal_recorder, post_save, db.m.Employee)
+    sub = from_sender(signal_recorder, post_save, db.m.Manager)
+    assert [c.kwargs["instance"].name for c in base] == ["e"]
+    assert [c.kwargs["instance"].name for c in sub] == ["m"]
 
 
-async def test_sessions_outside_the_installed_factory_send_nothing(db: DB, rec: Recorder) -> None:
+async def test_sessions_outside_the_installed_factory_send_nothing(
+    db: DB, signal_recorder: SignalRecorder
+) -> None:
     other = async_sessionmaker(db.maker.kw["bind"], expire_on_commit=False)
-    rec.watch(pre_save, post_save)
+    signal_recorder.watch(pre_save, post_save)
     async with other() as s:
         s.add(db.m.Author(name="quiet"))
         await s.commit()
-    assert rec.calls == []
+    assert signal_recorder.sends == []
 
 
 # -- bulk statements --------------------------------------------------------------------------
 
 
-async def test_bulk_statements_send_bulk_signals(db: DB, rec: Recorder) -> None:
+async def test_bulk_statements_send_bulk_signals(db: DB, signal_recorder: SignalRecorder) -> None:
     A = db.m.Author
-    rec.watch(pre_bulk, post_bulk, post_save)
+    signal_recorder.watch(pre_bulk, post_bulk, post_save)
     async with db.maker() as s:
         await s.execute(insert(A), [{"id": i, "name": f"b{i}"} for i in (101, 102, 103)])
         ids = (await s.scalars(insert(A).returning(A.id), [{"name": "r1"}, {"name": "r2"}])).all()
@@ -522,8 +576,8 @@ async def test_bulk_statements_send_bulk_signals(db: DB, rec: Recorder) -> None:
         await s.execute(update(A), [{"id": 103, "name": "b103!"}])
         await s.execute(delete(A).where(A.id == 101))
         await s.commit()
-    assert not rec.named("post_save")  # no per-object events for bulk statements
-    post = [(c.sender, c.kwargs["kind"], c.kwargs["pk_set"]) for c in rec.named("post_bulk")]
+    assert not signal_recorder.of(post_save)  # no per-object events for bulk statements
+    post = [(c.sender, c.kwargs["kind"], c.kwargs["pk_set"]) for c in signal_recorder.of(post_bulk)]
     assert post == [
         (A, "insert", frozenset({101, 102, 103})),
         (A, "insert", frozenset(ids)),
@@ -532,42 +586,48 @@ async def test_bulk_statements_send_bulk_signals(db: DB, rec: Recorder) -> None:
         (A, "delete", frozenset({101})),
     ]
     assert len(ids) == 2  # the caller's RETURNING rows are intact
-    assert [c.kwargs["kind"] for c in rec.named("pre_bulk")] == [k for _, k, _ in post]
+    assert [c.kwargs["kind"] for c in signal_recorder.of(pre_bulk)] == [k for _, k, _ in post]
     async with db.maker() as s:
         assert await s.scalar(select(A.name).where(A.id == 103)) == "b103!"
     assert await count(db, A) == 4
 
 
-async def test_bulk_pk_set_of_a_single_table_inheritance_subclass(db: DB, rec: Recorder) -> None:
+async def test_bulk_pk_set_of_a_single_table_inheritance_subclass(
+    db: DB, signal_recorder: SignalRecorder
+) -> None:
     E, M = db.m.Employee, db.m.Manager
     async with db.maker() as s:
         s.add_all([E(id=1, name="e"), M(id=2, name="m"), M(id=3, name="n"), E(id=4, name="n")])
         await s.commit()
-        rec.watch(pre_bulk, post_bulk, sender=M)
+        signal_recorder.watch(pre_bulk, post_bulk)
         await s.execute(update(M).values(name="boss"))
         await s.execute(update(M).where(M.id > 2).values(name="chief"))
         await s.execute(delete(M).where(M.name == "chief"))
         await s.execute(delete(M))
         await s.commit()
         rows = (await s.execute(select(E.id, E.name).order_by(E.id))).all()
-    assert [(c.kwargs["kind"], c.kwargs["pk_set"]) for c in rec.named("post_bulk")] == [
+    post = from_sender(signal_recorder, post_bulk, M)
+    assert [(c.kwargs["kind"], c.kwargs["pk_set"]) for c in post] == [
         ("update", frozenset({2, 3})),
         ("update", frozenset({3})),
         ("delete", frozenset({3})),
         ("delete", frozenset({2})),
     ]
-    assert [c.kwargs["pk_set"] for c in rec.named("pre_bulk")] == [
-        c.kwargs["pk_set"] for c in rec.named("post_bulk")
+    assert [c.kwargs["pk_set"] for c in from_sender(signal_recorder, pre_bulk, M)] == [
+        c.kwargs["pk_set"] for c in post
     ]
+    assert len(signal_recorder.of(post_bulk)) == 4  # bulk statements on Manager only
     assert [tuple(r) for r in rows] == [(1, "e"), (4, "n")]  # the base class's rows untouched
 
 
-async def test_bulk_insert_without_keys_reports_none(db: DB, rec: Recorder) -> None:
-    rec.watch(post_bulk, sender=db.m.Tag)
+async def test_bulk_insert_without_keys_reports_none(
+    db: DB, signal_recorder: SignalRecorder
+) -> None:
+    signal_recorder.watch(post_bulk)
     async with db.maker() as s:
         await s.execute(insert(db.m.Tag), [{"name": "p"}, {"name": "q"}])
         await s.commit()
-    assert [c.kwargs["pk_set"] for c in rec.calls] == [None]
+    assert [c.kwargs["pk_set"] for c in signal_recorder.sends] == [None]
     assert await count(db, db.m.Tag) == 2
 
 
@@ -611,7 +671,9 @@ def sync_count(db: SyncDB, model: Any) -> int:
         return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def test_plain_session_runs_sync_receivers(sync_db: SyncDB, rec: Recorder, connect: Any) -> None:
+def test_plain_session_runs_sync_receivers(
+    sync_db: SyncDB, signal_recorder: SignalRecorder, connect: Any
+) -> None:
     A, M = sync_db.m.Author, sync_db.m.Manager
 
     def fill_email(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -623,7 +685,7 @@ def test_plain_session_runs_sync_receivers(sync_db: SyncDB, rec: Recorder, conne
 
     connect(pre_save, fill_email, A)
     connect(pre_save, first_book, A)
-    rec.watch(post_save, post_delete, post_bulk)
+    signal_recorder.watch(post_save, post_delete, post_bulk)
     with sync_db.maker() as s:
         author = A(name="Syd")
         s.add_all([author, M(id=7, name="m")])
@@ -631,7 +693,7 @@ def test_plain_session_runs_sync_receivers(sync_db: SyncDB, rec: Recorder, conne
         s.execute(update(M).values(name="boss"))
         s.delete(author)
         s.commit()
-    assert sorted((c.signal, c.sender.__name__) for c in rec.calls) == [
+    assert sorted((str(c.signal.name), c.sender.__name__) for c in signal_recorder.sends) == [
         ("post_bulk", "Manager"),
         ("post_delete", "Author"),
         ("post_delete", "Book"),
@@ -639,9 +701,9 @@ def test_plain_session_runs_sync_receivers(sync_db: SyncDB, rec: Recorder, conne
         ("post_save", "Book"),
         ("post_save", "Manager"),
     ]
-    assert all(isinstance(c.kwargs["using"], Session) for c in rec.calls)
+    assert all(isinstance(c.kwargs["using"], Session) for c in signal_recorder.sends)
     assert author.email == "syd@example.org"
-    assert rec.named("post_bulk")[0].kwargs["pk_set"] == frozenset({7})
+    assert signal_recorder.of(post_bulk)[0].kwargs["pk_set"] == frozenset({7})
     assert sync_count(sync_db, A) == 0 and sync_count(sync_db, M) == 1
 
 

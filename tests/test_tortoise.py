@@ -9,13 +9,13 @@ from typing import Any
 
 import anyio
 import pytest
-from recording import Recorder
 from tortoise import Tortoise, fields
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
 from asignals.contrib import tortoise as adapter
 from asignals.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
+from asignals.testing import SignalRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -85,20 +85,23 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[st
             await Tortoise.close_connections()
 
 
-async def test_create_and_update(db: str, rec: Recorder) -> None:
-    rec.watch(pre_save, post_save)
+async def test_create_and_update(db: str, signal_recorder: SignalRecorder) -> None:
+    signal_recorder.watch(pre_save, post_save)
     author = await Author.create(name="Ann")
     author.name = "Anna"
     await author.save(update_fields=["name"])
-    assert [(c.signal, c.kwargs.get("created"), c.kwargs["update_fields"]) for c in rec.calls] == [
-        ("pre_save", None, None),
-        ("post_save", True, None),
-        ("pre_save", None, frozenset({"name"})),
-        ("post_save", False, frozenset({"name"})),
+    assert [
+        (c.signal, c.kwargs.get("created"), c.kwargs["update_fields"])
+        for c in signal_recorder.sends
+    ] == [
+        (pre_save, None, None),
+        (post_save, True, None),
+        (pre_save, None, frozenset({"name"})),
+        (post_save, False, frozenset({"name"})),
     ]
-    assert all(c.sender is Author and c.kwargs["instance"] is author for c in rec.calls)
-    assert rec.calls[1].kwargs["raw"] is False
-    assert rec.calls[1].kwargs["using"].connection_name == db
+    assert all(c.sender is Author and c.kwargs["instance"] is author for c in signal_recorder.sends)
+    assert signal_recorder.sends[1].kwargs["raw"] is False
+    assert signal_recorder.sends[1].kwargs["using"].connection_name == db
 
 
 async def test_sync_and_async_receivers_change_the_instance_before_write(
@@ -118,19 +121,24 @@ async def test_sync_and_async_receivers_change_the_instance_before_write(
     assert stored.email == "bea@example.org"
 
 
-async def test_many_objects(db: str, rec: Recorder) -> None:
-    rec.watch(post_save, sender=Author)
+async def test_many_objects(db: str, signal_recorder: SignalRecorder) -> None:
+    signal_recorder.watch(post_save)
     async with in_transaction():
         for i in range(50):
             await Author.create(name=f"n{i}")
-    assert [c.kwargs["instance"].name for c in rec.calls] == [f"n{i}" for i in range(50)]
+    assert {c.sender for c in signal_recorder.sends} == {Author}
+    assert [c.kwargs["instance"].name for c in signal_recorder.sends] == [
+        f"n{i}" for i in range(50)
+    ]
     assert await Author.all().count() == 50
 
 
-async def test_delete_and_error_in_pre_delete(db: str, rec: Recorder, connect: Any) -> None:
+async def test_delete_and_error_in_pre_delete(
+    db: str, signal_recorder: SignalRecorder, connect: Any
+) -> None:
     author = await Author.create(name="Cy")
     await Book.create(title="t", author=author)
-    rec.watch(pre_delete, post_delete)
+    signal_recorder.watch(pre_delete, post_delete)
     keep = await Author.create(name="keep")
 
     def refuse(sender: Any, instance: Author, **kwargs: Any) -> None:
@@ -142,10 +150,10 @@ async def test_delete_and_error_in_pre_delete(db: str, rec: Recorder, connect: A
         await keep.delete()
     assert caught.group_contains(PermissionError)
     await author.delete()
-    assert [(c.signal, c.kwargs["instance"].name) for c in rec.calls] == [
-        ("pre_delete", "keep"),
-        ("pre_delete", "Cy"),
-        ("post_delete", "Cy"),
+    assert [(c.signal, c.kwargs["instance"].name) for c in signal_recorder.sends] == [
+        (pre_delete, "keep"),
+        (pre_delete, "Cy"),
+        (post_delete, "Cy"),
     ]
     assert await Author.filter(name="keep").exists()
     assert await Book.all().count() == 0  # removed by the database's ON DELETE CASCADE
@@ -164,18 +172,18 @@ async def test_failing_pre_save_in_transaction_rolls_back(db: str, connect: Any)
     assert await Author.all().count() == 0
 
 
-async def test_m2m_add_remove_clear(db: str, rec: Recorder) -> None:
+async def test_m2m_add_remove_clear(db: str, signal_recorder: SignalRecorder) -> None:
     author = await Author.create(name="M")
     book = await Book.create(title="b", author=author)
     t1, t2 = await Tag.create(name="x"), await Tag.create(name="y")
-    rec.watch(m2m_changed)
+    signal_recorder.watch(m2m_changed)
     await book.tags.add(t1, t2)
     await book.tags.remove(t1)
     await t1.books.add(book)  # the reverse side
     await book.tags.clear()
     seen = [
         (c.kwargs["action"], c.kwargs["pk_set"], c.kwargs["reverse"], c.kwargs["model"])
-        for c in rec.calls
+        for c in signal_recorder.sends
     ]
     assert seen == [
         ("pre_add", {t1.pk, t2.pk}, False, Tag),
@@ -187,27 +195,36 @@ async def test_m2m_add_remove_clear(db: str, rec: Recorder) -> None:
         ("pre_clear", None, False, Tag),
         ("post_clear", None, False, Tag),
     ]
-    assert all(c.sender == "asig_book_tag" for c in rec.calls)
+    assert all(c.sender == "asig_book_tag" for c in signal_recorder.sends)
     assert await book.tags.all().count() == 0
 
 
-async def test_receivers_for_one_model_do_not_fire_for_another(db: str, rec: Recorder) -> None:
-    rec.watch(post_save, sender=Book)
+async def test_receivers_for_one_model_do_not_fire_for_another(
+    db: str, signal_recorder: SignalRecorder, connect: Any
+) -> None:
+    got: list[Any] = []
+
+    def on_book(sender: Any, instance: Any, **kwargs: Any) -> None:
+        got.append(instance)
+
+    connect(post_save, on_book, Book)
+    signal_recorder.watch(post_save)
     author = await Author.create(name="not a book")
     await Tag.create(name="nor this")
-    assert rec.calls == []
-    await Book.create(title="a book", author=author)
-    assert [c.sender for c in rec.calls] == [Book]
+    assert got == []
+    book = await Book.create(title="a book", author=author)
+    assert got == [book]
+    assert [c.sender for c in signal_recorder.sends] == [Author, Tag, Book]
 
 
-async def test_uninstall_stops_signals(db: str, rec: Recorder) -> None:
-    rec.watch(post_save, m2m_changed)
+async def test_uninstall_stops_signals(db: str, signal_recorder: SignalRecorder) -> None:
+    signal_recorder.watch(post_save, m2m_changed)
     assert adapter.uninstall(Author) is True
     await Author.create(name="quiet")
-    assert rec.calls == []
+    assert signal_recorder.sends == []
     adapter.install(Author)
     await Author.create(name="loud")
-    assert [c.kwargs["instance"].name for c in rec.calls] == ["loud"]
+    assert [c.kwargs["instance"].name for c in signal_recorder.sends] == ["loud"]
 
 
 def test_install_rejects_non_models() -> None:

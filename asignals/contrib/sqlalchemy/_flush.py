@@ -1,15 +1,5 @@
-"""Django's model signals for SQLAlchemy 2 ``AsyncSession`` flushes.
+"""The flush hooks: ``pre_*`` from ``before_flush``, ``post_*`` from ``after_flush``.
 
-``install()`` adds a few ``Session`` event listeners; after that, every flush of an
-``AsyncSession`` in scope sends :mod:`asignals.signals`' ``pre_save``/``post_save``,
-``pre_delete``/``post_delete`` and ``m2m_changed`` with Django's keyword arguments, and
-ORM-enabled ``insert``/``update``/``delete`` statements send ``pre_bulk``/``post_bulk``.
-
-Why it is built this way:
-
-- SQLAlchemy's asyncio layer runs the ordinary (sync) ``Session`` inside a greenlet. A sync event
-  hook can therefore hand a coroutine to the event loop with ``await_only`` and get its result
-  back: async receivers are really awaited *inside* the flush, on the same loop, no thread hop.
 - ``pre_save``/``pre_delete`` are sent from ``before_flush``, the one hook where the session may
   still be changed freely: a receiver can set attributes, add or delete objects (the new ones get
   their own ``pre_save``), and do async I/O. ``created`` is "the object is pending (will be
@@ -18,9 +8,8 @@ Why it is built this way:
   every row of the flush is written (primary keys are known), all in one trip to the event loop.
   With ``defer_post_until_commit=True`` they are queued on the transaction (savepoints included)
   and sent from ``after_transaction_end`` once the root transaction has committed (not from
-  ``after_commit``, where no SQL may be emitted), or dropped on ROLLBACK.
-- In a plain ``Session`` there is no greenlet and no loop to await on: the coroutine of the
-  sends is stepped in place, which runs sync receivers and async ones that never suspend.
+  ``after_commit``, where no SQL may be emitted), or dropped on ROLLBACK. With an outbox, the
+  sends its bridge carries are written to the outbox table right away, in the transaction.
 - A ``pre_*`` receiver that raises aborts the flush before any of its SQL is sent and rolls the
   transaction back, the same state a failed flush leaves (call ``rollback()`` or let
   ``session.begin()`` do it before using the session again).
@@ -30,165 +19,70 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.ext.asyncio import async_session as _async_session_of
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
 
-from .. import signals
-from .._signal import AsyncSignal
-from . import _sqla_bulk, _sqla_m2m
+from ... import AsyncSignal, signals
+from . import _bulk, _m2m
+from ._run import Send, run, send_all, send_local
+from ._scope import Installation, installation_for, using
 
-try:  # SQLAlchemy 2.1 renamed await_only() to await_(); 2.0 has only the old name.
-    from sqlalchemy.util import await_ as _await_only
-except ImportError:  # pragma: no cover - SQLAlchemy 2.0
-    from sqlalchemy.util import await_only as _await_only
+__all__: list[str] = []
 
-try:
-    from sqlalchemy.util.concurrency import in_greenlet as _in_greenlet
-except ImportError:  # pragma: no cover - older SQLAlchemy 2.0
-
-    def _in_greenlet() -> bool:
-        return True
-
-
-__all__ = ["install", "installed", "uninstall"]
-
-_SCOPE_KEY = "asignals.contrib.sqlalchemy.scope"
 _MAX_ROUNDS = 100
 
-Send = tuple[AsyncSignal, Any, dict[str, Any]]
+
+def observed(signal: AsyncSignal, sender: Any = None) -> bool:
+    """Whether a send of ``signal`` from ``sender`` would be seen by anyone in this process.
+
+    A receiver for ``sender`` (or any sender) sees it; so does whatever wrapped the signal's
+    ``send`` on the instance: ``asignals.testing``'s recorder, which records sends that reach no
+    receiver, and a running bridge, which publishes them.
+    """
+    return signal.has_listeners(sender) or "send" in vars(signal)
 
 
-@dataclass(eq=False)
-class _Installation:
-    target: Any
-    matches: Callable[[Session], bool]
-    defer: bool
+def _active(signal: AsyncSignal) -> bool:
+    """Whether ``signal`` could be seen for some sender (the flush's cheap first check)."""
+    return bool(signal.receivers) or "send" in vars(signal)
 
 
 @dataclass(eq=False)
 class _Flush:
     """What one flush sent ``pre_*`` for, so ``after_flush`` sends the matching ``post_*``."""
 
-    installation: _Installation
+    installation: Installation
     using: Any
     saves: dict[InstanceState[Any], bool] = field(default_factory=dict)  # state -> created
     deletes: dict[InstanceState[Any], None] = field(default_factory=dict)
-    m2m: list[_sqla_m2m.M2MChange] = field(default_factory=list)
+    m2m: list[_m2m.M2MChange] = field(default_factory=list)
     _wanted: dict[tuple[AsyncSignal, Any], bool] = field(default_factory=dict)
 
     def wants(self, signal: AsyncSignal, sender: Any) -> bool:
-        """Whether ``signal`` has receivers for ``sender`` (asked once per flush)."""
+        """Whether ``signal`` from ``sender`` is observed or carried (asked once per flush)."""
         key = (signal, sender)
         found = self._wanted.get(key)
         if found is None:
-            found = self._wanted[key] = signal.has_listeners(sender)
+            found = self._wanted[key] = observed(signal, sender) or carried(
+                self.installation, signal
+            )
         return found
 
 
-_installations: list[_Installation] = []
+def carried(installation: Installation, signal: AsyncSignal) -> bool:
+    """Whether the installation's outbox takes a copy of ``signal``'s sends."""
+    outbox = installation.outbox
+    return outbox is not None and outbox.carries(signal)
+
+
 _flushes: weakref.WeakKeyDictionary[Session, _Flush] = weakref.WeakKeyDictionary()
 _deferred: weakref.WeakKeyDictionary[SessionTransaction, list[Send]] = weakref.WeakKeyDictionary()
 _committed: weakref.WeakSet[SessionTransaction] = weakref.WeakSet()
-
-
-# -- installing ----------------------------------------------------------------------------
-
-
-def install(target: Any = None, *, defer_post_until_commit: bool = False) -> None:
-    """Send the model signals for flushes of the sessions ``target`` designates.
-
-    ``target`` is one of:
-
-    - ``None``: every session (each ``AsyncSession`` and any plain ``Session``);
-    - an ``async_sessionmaker`` or ``sessionmaker``: the sessions it creates from now on;
-    - an ``AsyncSession`` or ``Session`` subclass: sessions of that class;
-    - an ``AsyncSession`` or ``Session`` instance: that session;
-    - an ``AsyncEngine`` or ``Engine``: sessions whose ``bind`` is that engine.
-
-    With ``defer_post_until_commit=True``, ``post_save``, ``post_delete``, ``post_bulk`` and the
-    ``post_*`` actions of ``m2m_changed`` wait until the transaction commits and are dropped if
-    it rolls back. Installing the same target again replaces its options. When several
-    installations match a session, the most recent one decides.
-    """
-    if not isinstance(defer_post_until_commit, bool):
-        raise TypeError(
-            f"defer_post_until_commit must be True or False, got {defer_post_until_commit!r}"
-        )
-    for existing in _installations:
-        if existing.target is target:
-            existing.defer = defer_post_until_commit
-            return
-    matches = _matcher(target)
-    if not _installations:
-        _listen(True)
-    _installations.append(_Installation(target, matches, defer_post_until_commit))
-
-
-def uninstall(target: Any = None) -> bool:
-    """Undo ``install(target)``; return whether it was installed."""
-    for existing in _installations:
-        if existing.target is target:
-            _installations.remove(existing)
-            if isinstance(target, async_sessionmaker):
-                info = dict(target.kw.get("info") or {})
-                info.pop(_SCOPE_KEY, None)
-                target.configure(info=info)
-            if not _installations:
-                _listen(False)
-            return True
-    return False
-
-
-def installed(target: Any = None) -> bool:
-    """Whether ``install(target)`` is in effect."""
-    return any(existing.target is target for existing in _installations)
-
-
-def _matcher(target: Any) -> Callable[[Session], bool]:
-    """A predicate telling whether a sync ``Session`` is in the scope ``target`` names."""
-    if target is None:
-        return lambda session: True
-    if isinstance(target, async_sessionmaker):
-        # Every AsyncSession is of the same class, so the factory marks its sessions' info.
-        token = object()
-        info = dict(target.kw.get("info") or {})
-        info[_SCOPE_KEY] = token
-        target.configure(info=info)
-        return lambda session: session.info.get(_SCOPE_KEY) is token
-    if isinstance(target, sessionmaker):
-        session_class = target.class_
-        return lambda session: isinstance(session, session_class)
-    if isinstance(target, type) and issubclass(target, AsyncSession):
-        async_class = target
-        return lambda session: isinstance(_async_session_of(session), async_class)
-    if isinstance(target, type) and issubclass(target, Session):
-        sync_class = target
-        return lambda session: isinstance(session, sync_class)
-    if isinstance(target, AsyncSession):
-        sync_session = target.sync_session
-        return lambda session: session is sync_session
-    if isinstance(target, Session):
-        return lambda session: session is target
-    if isinstance(target, AsyncEngine | Engine):
-        engine = target.sync_engine if isinstance(target, AsyncEngine) else target
-        return lambda session: getattr(session.bind, "engine", None) is engine
-    raise TypeError(
-        "asignals.contrib.sqlalchemy.install() takes None, an async_sessionmaker or "
-        "sessionmaker, an AsyncSession or Session class or instance, or an AsyncEngine or "
-        f"Engine; got {target!r}"
-    )
-
-
-_LISTENERS: list[tuple[str, Callable[..., Any]]] = []
 _FLUSH_SIGNALS = (
     signals.pre_save,
     signals.post_save,
@@ -196,90 +90,21 @@ _FLUSH_SIGNALS = (
     signals.post_delete,
     signals.m2m_changed,
 )
-
-
-def _listen(on: bool) -> None:
-    for name, fn in _LISTENERS:
-        if on:
-            event.listen(Session, name, fn)
-        elif event.contains(Session, name, fn):
-            event.remove(Session, name, fn)
-
-
-def _installation_for(session: Session) -> _Installation | None:
-    for candidate in reversed(_installations):
-        if candidate.matches(session):
-            return candidate
-    return None
-
-
-def _using(session: Session) -> Any:
-    """What receivers get as ``using``: the session to query through (async when there is one)."""
-    return _async_session_of(session) or session
-
-
-# -- bridging to the event loop --------------------------------------------------------------
-
-
-async def _send_all(sends: list[Send]) -> None:
-    for signal, sender, kwargs in sends:
-        await signal.send(sender, **kwargs)
-
-
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` from a sync SQLAlchemy hook.
-
-    In an ``AsyncSession`` operation the hook runs in SQLAlchemy's greenlet, which hands the
-    coroutine to the event loop and waits for it (``await_only``). In a plain ``Session`` there
-    is no loop to wait on, so the coroutine is stepped right here: sync receivers, and async
-    ones that finish without suspending, run to the end; a receiver that needs an event loop
-    makes the flush fail with a RuntimeError saying so.
-    """
-    if _in_greenlet():
-        _await_only(coro)
-        return
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    except Exception as exc:
-        if _needs_event_loop(exc):
-            raise RuntimeError(_NO_LOOP) from exc
-        raise
-    coro.close()  # suspended: nothing would ever resume it
-    raise RuntimeError(_NO_LOOP)
-
-
-_NO_LOOP = (
-    "asignals.contrib.sqlalchemy: a signal receiver needs an event loop, but the flush ran in a "
-    "plain (sync) Session, where receivers run without one. Sync receivers work there, and so "
-    "does an async receiver that never suspends, alone on its signal; an async receiver that "
-    "awaits I/O, or several async receivers of one send, need an AsyncSession (or an "
-    "async_sessionmaker)."
-)
-
-
-def _needs_event_loop(exc: BaseException) -> bool:
-    """Whether ``exc`` (or a receiver error it groups) comes from running without a loop."""
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_needs_event_loop(inner) for inner in exc.exceptions)
-    # asyncio's "no running event loop"; AnyIO's NoEventLoopError (4.11+), or sniffio's
-    # AsyncLibraryNotFoundError from older AnyIO, both RuntimeErrors.
-    return isinstance(exc, RuntimeError) and (
-        str(exc) == "no running event loop"
-        or type(exc).__name__ in ("NoEventLoopError", "AsyncLibraryNotFoundError")
-    )
+_POST_SIGNALS = (signals.post_save, signals.post_delete, signals.m2m_changed)
 
 
 # -- the flush -------------------------------------------------------------------------------
 
 
 def _on_before_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    installation = _installation_for(session)
-    if installation is None or not any(sig.receivers for sig in _FLUSH_SIGNALS):
+    installation = installation_for(session)
+    if installation is None or not (
+        any(_active(sig) for sig in _FLUSH_SIGNALS)
+        or any(carried(installation, sig) for sig in _POST_SIGNALS)
+    ):
         _flushes.pop(session, None)
         return
-    flush = _Flush(installation, _using(session))
+    flush = _Flush(installation, using(session))
     _flushes[session] = flush
     try:
         _pre_phase(session, flush)
@@ -295,23 +120,24 @@ def _pre_phase(session: Session, flush: _Flush) -> None:
         sends = _new_work(session, flush)
         if not sends:
             break  # nothing new, or no receiver ran that could have added work
-        _run(_send_all(sends))
+        run(session, send_all(sends))
     else:
         raise RuntimeError(
             f"pre_save/pre_delete receivers kept adding objects to the session for "
             f"{_MAX_ROUNDS} rounds; is a receiver creating an object for every object saved?"
         )
-    if not signals.m2m_changed.receivers:
+    m2m = signals.m2m_changed
+    if not (_active(m2m) or carried(flush.installation, m2m)):
         return
     states = [instance_state(o) for o in session.new]
     states += [instance_state(o) for o in session.dirty]
-    flush.m2m = _sqla_m2m.collect(states, lambda t: flush.wants(signals.m2m_changed, t))
+    flush.m2m = _m2m.collect(states, lambda t: flush.wants(signals.m2m_changed, t))
     sends = [
         (signals.m2m_changed, change.through, change.kwargs("pre", flush.using))
         for change in flush.m2m
     ]
     if sends:
-        _run(_send_all(sends))
+        run(session, send_all(sends))
 
 
 def _new_work(session: Session, flush: _Flush) -> list[Send]:
@@ -437,16 +263,23 @@ def _on_after_flush_postexec(session: Session, flush_context: Any) -> None:
     _flushes.pop(session, None)
 
 
-def _deliver(session: Session, installation: _Installation, sends: list[Send]) -> None:
-    """Send ``post_*`` now, or queue them on the transaction when deferring until commit."""
+def _deliver(session: Session, installation: Installation, sends: list[Send]) -> None:
+    """Send ``post_*`` now, or queue them on the transaction when deferring until commit.
+
+    The outbox's copy is written first, in the flush's transaction, whether or not the local
+    sends are deferred: it must commit or roll back with the rows it describes.
+    """
     if not sends:
         return
+    outbox = installation.outbox
+    if outbox is not None:
+        outbox._write_flush(session, sends)
     if installation.defer:
         transaction = session.get_nested_transaction() or session.get_transaction()
         if transaction is not None:
             _deferred.setdefault(transaction, []).extend(sends)
             return
-    _run(_send_all(sends))
+    run(session, send_all(sends))
 
 
 # -- deferral until commit -------------------------------------------------------------------
@@ -488,7 +321,7 @@ async def _send_all_deferred(sends: list[Send]) -> None:
     errors: list[Exception] = []
     for signal, sender, kwargs in sends:
         try:
-            await signal.send(sender, **kwargs)
+            await send_local(signal, sender, kwargs)
         except ExceptionGroup as group:
             errors.extend(group.exceptions)
         except Exception as exc:
@@ -513,7 +346,7 @@ def _on_after_transaction_end(session: Session, transaction: SessionTransaction)
         _committed.discard(transaction)
         if committed and sends:
             with _outside_begin_block(session):
-                _run(_send_all_deferred(sends))
+                run(session, _send_all_deferred(sends))
         return
     if transaction.nested and sends:
         parent = transaction.parent
@@ -531,25 +364,25 @@ def _on_do_orm_execute(orm_execute_state: Any) -> Any:
     if not (state.is_insert or state.is_update or state.is_delete):
         return None
     session = state.session
-    installation = _installation_for(session)
+    installation = installation_for(session)
     if installation is None:
         return None
-    return _sqla_bulk.execute(
+    return _bulk.execute(
         state,
-        _using(session),
-        _run,
+        using(session),
+        lambda coro: run(session, coro),
         lambda sends: _deliver(session, installation, sends),
+        lambda signal, model: observed(signal, model) or carried(installation, signal),
     )
 
 
-_LISTENERS.extend(
-    [
-        ("before_flush", _on_before_flush),
-        ("after_flush", _on_after_flush),
-        ("after_flush_postexec", _on_after_flush_postexec),
-        ("after_commit", _on_after_commit),
-        ("after_rollback", _on_after_rollback),
-        ("after_transaction_end", _on_after_transaction_end),
-        ("do_orm_execute", _on_do_orm_execute),
-    ]
+#: The ``Session`` events this module listens to while anything is installed.
+LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("before_flush", _on_before_flush),
+    ("after_flush", _on_after_flush),
+    ("after_flush_postexec", _on_after_flush_postexec),
+    ("after_commit", _on_after_commit),
+    ("after_rollback", _on_after_rollback),
+    ("after_transaction_end", _on_after_transaction_end),
+    ("do_orm_execute", _on_do_orm_execute),
 )

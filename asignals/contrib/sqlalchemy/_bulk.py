@@ -27,8 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import Mapper, ORMExecuteState
 
-from .. import signals
-from .._signal import AsyncSignal
+from ... import AsyncSignal, signals
 
 __all__: list[str] = []
 
@@ -40,14 +39,15 @@ def execute(
     using: Any,
     run: Callable[[Coroutine[Any, Any, None]], None],
     deliver: Callable[[list[Send]], None],
+    wants: Callable[[AsyncSignal, type[Any]], bool],
 ) -> Result[Any] | None:
     """Run ``state``'s statement between ``pre_bulk`` and ``post_bulk``; None to not handle it."""
     mapper = state.bind_mapper
     if mapper is None:
         return None
     model = mapper.class_
-    want_pre = signals.pre_bulk.has_listeners(model)
-    want_post = signals.post_bulk.has_listeners(model)
+    want_pre = wants(signals.pre_bulk, model)
+    want_post = wants(signals.post_bulk, model)
     if not (want_pre or want_post):
         return None
     kind = "insert" if state.is_insert else "update" if state.is_update else "delete"

@@ -6,7 +6,9 @@ registered itself, so the worst a hostile message can do is fail to decode.
 
 Wire format: JSON scalars, lists and str-keyed dicts travel as themselves. Everything else is a
 tagged object ``{"$t": tag, "v": payload}``; a plain dict that happens to contain ``"$t"`` is
-wrapped as ``{"$t": "dict", "v": {...}}`` so it can never be mistaken for a tag.
+wrapped as ``{"$t": "dict", "v": {...}}`` so it can never be mistaken for a tag. A value of
+the class a typed signal declares for its keyword (the *hint*) travels as ``{"$t": "=", "v":
+...}``: both sides know the class from the spec, so it needs no registered name.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import dataclasses
 import datetime as _dt
 import enum
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = ["DecodeError", "EncodeError", "JsonCodec"]
 
 T = TypeVar("T")
 
 _TAG = "$t"
+_HINTED = "="  # "the class the spec declares"
+_RESERVED_TAGS = frozenset({"dict", "tuple", "set", "frozenset", "map", _HINTED})
 _MAX_DEPTH = 64
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -54,27 +58,52 @@ def _builtin_adapters() -> list[_Adapter]:
             "timedelta",
             _dt.timedelta,
             lambda td: [td.days, td.seconds, td.microseconds],
-            lambda v: _dt.timedelta(*_expect_list(v, 3)),
+            lambda v: _dt.timedelta(*_expect_ints(v, 3)),
         ),
-        _Adapter("uuid", uuid.UUID, str, lambda v: uuid.UUID(_expect(v, str))),
-        _Adapter("decimal", Decimal, str, lambda v: Decimal(_expect(v, str))),
+        _Adapter("uuid", uuid.UUID, str, lambda v: uuid.UUID(_expect_str(v))),
+        _Adapter("decimal", Decimal, str, lambda v: Decimal(_expect_str(v))),
         _Adapter(
             "bytes",
             bytes,
             lambda b: base64.b64encode(b).decode("ascii"),
-            lambda v: base64.b64decode(_expect(v, str), validate=True),
+            lambda v: base64.b64decode(_expect_str(v), validate=True),
         ),
     ]
 
 
-def _expect(value: Any, kind: type[T]) -> T:
-    if type(value) is not kind:
-        raise DecodeError(f"expected {kind.__name__}, got {type(value).__name__}")
-    return value
+def _kind_error(value: object, expected: str) -> DecodeError:
+    return DecodeError(f"expected {expected}, got {type(value).__name__}")
 
 
-def _expect_list(value: Any, length: int) -> list[Any]:
-    items = _expect(value, list)
+# Each helper tests ``type(value)`` through a variable: the checkers then leave ``value``
+# unnarrowed (pyright would narrow an untyped JSON value to ``list[Unknown]``) and the cast
+# says what the test established.
+
+
+def _expect_str(value: object) -> str:
+    kind = type(value)
+    if kind is not str:
+        raise _kind_error(value, "str")
+    return cast(str, value)
+
+
+def _expect_list(value: object) -> list[Any]:
+    kind = type(value)
+    if kind is not list:
+        raise _kind_error(value, "list")
+    return cast("list[Any]", value)
+
+
+def _expect_dict(value: object) -> dict[str, Any]:
+    """A JSON object (its keys are str: JSON has no other)."""
+    kind = type(value)
+    if kind is not dict:
+        raise _kind_error(value, "dict")
+    return cast("dict[str, Any]", value)
+
+
+def _expect_ints(value: object, length: int) -> list[int]:
+    items = _expect_list(value)
     if len(items) != length or not all(type(i) is int for i in items):
         raise DecodeError(f"expected a list of {length} ints")
     return items
@@ -85,14 +114,16 @@ class JsonCodec:
 
     ``datetime``/``date``/``time``/``timedelta``, ``UUID``, ``Decimal``, ``bytes``, ``tuple``,
     ``set``/``frozenset`` and dicts with non-str keys work out of the box. Dataclasses, pydantic
-    models and enums are opt-in: ``codec.register(MyClass)``. Any other class needs explicit
-    ``encode``/``decode`` functions. Types are matched exactly (a subclass is not silently
-    decoded as its base); register the subclass too.
+    models and enums are opt-in: ``codec.register(MyClass)``, or declared by a typed signal's
+    spec (``order: Order`` travels without registering ``Order``). Any other class needs
+    explicit ``encode``/``decode`` functions. Types are matched exactly (a subclass is not
+    silently decoded as its base); register the subclass too.
     """
 
     def __init__(self) -> None:
         self._by_type: dict[type[Any], _Adapter] = {}
         self._by_tag: dict[str, _Adapter] = {}
+        self._derived: dict[type[Any], _Adapter | None] = {}
         for adapter in _builtin_adapters():
             self._add(adapter)
 
@@ -113,7 +144,7 @@ class JsonCodec:
         if not isinstance(cls, type):
             raise TypeError(f"register() needs a class, got {cls!r}")
         tag = name if name is not None else f"{cls.__module__}.{cls.__qualname__}"
-        if not tag or tag in ("dict", "tuple", "set", "frozenset", "map"):
+        if not tag or tag in _RESERVED_TAGS:
             raise ValueError(f"{tag!r} is not a usable type name")
         if (encode is None) != (decode is None):
             raise TypeError("pass both encode and decode, or neither")
@@ -125,32 +156,32 @@ class JsonCodec:
         return cls
 
     @staticmethod
-    def _derive(cls: type[Any]) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    def _derive(kind: type[Any]) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         # Adapters map to and from plain Python values; the codec encodes those recursively,
         # so a dataclass field holding a datetime or another registered class just works.
-        if dataclasses.is_dataclass(cls):
-            names = frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+        if dataclasses.is_dataclass(kind):
+            names = frozenset(f.name for f in dataclasses.fields(kind) if f.init)
 
             def encode_dc(obj: Any) -> Any:
                 return {n: getattr(obj, n) for n in names}
 
             def decode_dc(value: Any) -> Any:
-                fields = _expect(value, dict)
+                fields = _expect_dict(value)
                 unknown = set(fields) - names
                 if unknown:
-                    raise DecodeError(f"unknown fields for {cls.__qualname__}: {sorted(unknown)}")
-                return cls(**fields)
+                    raise DecodeError(f"unknown fields for {kind.__qualname__}: {sorted(unknown)}")
+                return kind(**fields)
 
             return encode_dc, decode_dc
-        if callable(getattr(cls, "model_validate", None)) and callable(
-            getattr(cls, "model_dump", None)
+        if callable(getattr(kind, "model_validate", None)) and callable(
+            getattr(kind, "model_dump", None)
         ):
             # pydantic v2: its own JSON mode round-trips every type it validates.
-            return (lambda obj: obj.model_dump(mode="json")), cls.model_validate
-        if issubclass(cls, enum.Enum):
-            return (lambda member: member.value), cls
+            return (lambda obj: obj.model_dump(mode="json")), kind.model_validate
+        if issubclass(kind, enum.Enum):
+            return (lambda member: member.value), kind
         raise TypeError(
-            f"{cls.__qualname__} is not a dataclass, pydantic model or Enum; "
+            f"{kind.__qualname__} is not a dataclass, pydantic model or Enum; "
             "pass encode= and decode= to register it"
         )
 
@@ -158,20 +189,57 @@ class JsonCodec:
         self._by_type[adapter.cls] = adapter
         self._by_tag[adapter.tag] = adapter
 
-    def encode(self, value: Any) -> Any:
-        """Return a JSON-ready structure for ``value``; :class:`EncodeError` names what failed."""
+    def _hinted(self, cls: type[Any]) -> _Adapter | None:
+        """The adapter derived for a spec-declared class (cached; None if not derivable)."""
+        try:
+            return self._derived[cls]
+        except KeyError:
+            pass
+        try:
+            encode, decode = self._derive(cls)
+        except TypeError:
+            adapter = None
+        else:
+            adapter = _Adapter(_HINTED, cls, encode, decode)
+        self._derived[cls] = adapter
+        return adapter
+
+    def derivable(self, cls: type[Any]) -> bool:
+        """True for a dataclass, pydantic model or Enum (a class a spec can declare)."""
+        return self._hinted(cls) is not None
+
+    def encode(self, value: Any, hint: type[Any] | None = None) -> Any:
+        """Return a JSON-ready structure for ``value``; :class:`EncodeError` names what failed.
+
+        ``hint`` is the class the receiving side expects (from a typed signal's spec): a value
+        of exactly that class travels without a registered name.
+        """
+        if hint is not None and type(value) is hint:
+            adapter = self._hinted(hint)
+            if adapter is not None:
+                return {_TAG: _HINTED, "v": self._encode(adapter.encode(value), 1)}
         return self._encode(value, 0)
 
-    def decode(self, value: Any) -> Any:
-        """Rebuild a value from :meth:`encode`'s output; :class:`DecodeError` on anything else."""
+    def decode(self, value: object, hint: type[Any] | None = None) -> Any:
+        """Rebuild a value from :meth:`encode`'s output; :class:`DecodeError` on anything else.
+
+        A ``{"$t": "=", ...}`` value needs ``hint``, the class the spec declares.
+        """
         try:
+            kind = type(value)
+            tagged = cast("dict[str, Any]", value) if kind is dict else None
+            if tagged is not None and tagged.get(_TAG) == _HINTED:
+                adapter = self._hinted(hint) if hint is not None else None
+                if adapter is None or set(tagged) != {_TAG, "v"}:
+                    raise DecodeError("a spec-typed value where the spec declares no class")
+                return adapter.decode(self._decode(tagged["v"], 1))
             return self._decode(value, 0)
         except DecodeError:
             raise
         except Exception as exc:  # an adapter's decode or a constructor refused the payload
             raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
 
-    def _encode(self, value: Any, depth: int) -> Any:
+    def _encode(self, value: object, depth: int) -> Any:
         if depth > _MAX_DEPTH:
             raise EncodeError(f"value nested deeper than {_MAX_DEPTH} levels")
         kind = type(value)
@@ -179,15 +247,16 @@ class JsonCodec:
             return value
         depth += 1
         if kind is list:
-            return [self._encode(v, depth) for v in value]
+            return [self._encode(v, depth) for v in cast("list[Any]", value)]
         if kind is dict:
-            if all(type(k) is str for k in value):
-                body = {k: self._encode(v, depth) for k, v in value.items()}
+            mapping = cast("dict[Any, Any]", value)
+            if all(type(k) is str for k in mapping):
+                body = {k: self._encode(v, depth) for k, v in mapping.items()}
                 return {_TAG: "dict", "v": body} if _TAG in body else body
-            pairs = [[self._encode(k, depth), self._encode(v, depth)] for k, v in value.items()]
+            pairs = [[self._encode(k, depth), self._encode(v, depth)] for k, v in mapping.items()]
             return {_TAG: "map", "v": pairs}
         if kind in (tuple, set, frozenset):
-            items = [self._encode(v, depth) for v in value]
+            items = [self._encode(v, depth) for v in cast("Iterable[Any]", value)]
             return {_TAG: kind.__name__, "v": items}
         adapter = self._by_type.get(kind)
         if adapter is None:
@@ -197,7 +266,7 @@ class JsonCodec:
             )
         return {_TAG: adapter.tag, "v": self._encode(adapter.encode(value), depth)}
 
-    def _decode(self, value: Any, depth: int) -> Any:
+    def _decode(self, value: object, depth: int) -> Any:
         if depth > _MAX_DEPTH + 1:
             raise DecodeError(f"value nested deeper than {_MAX_DEPTH} levels")
         kind = type(value)
@@ -205,24 +274,25 @@ class JsonCodec:
             return value
         depth += 1
         if kind is list:
-            return [self._decode(v, depth) for v in value]
+            return [self._decode(v, depth) for v in cast("list[Any]", value)]
         if kind is not dict:
             raise DecodeError(f"unexpected JSON value of type {kind.__name__}")
-        if _TAG not in value:
-            return {k: self._decode(v, depth) for k, v in value.items()}
-        tag = value[_TAG]
-        if set(value) != {_TAG, "v"}:
+        mapping = cast("dict[str, Any]", value)
+        if _TAG not in mapping:
+            return {k: self._decode(v, depth) for k, v in mapping.items()}
+        tag = mapping[_TAG]
+        if set(mapping) != {_TAG, "v"}:
             raise DecodeError(f"tagged value {tag!r} has extra keys")
-        payload = value["v"]
+        payload = mapping["v"]
         if tag == "dict":
-            return {k: self._decode(v, depth) for k, v in _expect(payload, dict).items()}
+            return {k: self._decode(v, depth) for k, v in _expect_dict(payload).items()}
         if tag == "map":
-            pairs = _expect(payload, list)
+            pairs = _expect_list(payload)
             if not all(type(p) is list and len(p) == 2 for p in pairs):
                 raise DecodeError("a 'map' value must be a list of [key, value] pairs")
             return {self._decode(k, depth): self._decode(v, depth) for k, v in pairs}
         if tag in ("tuple", "set", "frozenset"):
-            items = [self._decode(v, depth) for v in _expect(payload, list)]
+            items = [self._decode(v, depth) for v in _expect_list(payload)]
             return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
         adapter = self._by_tag.get(tag) if type(tag) is str else None
         if adapter is None:

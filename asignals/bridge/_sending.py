@@ -1,0 +1,150 @@
+"""How a bridge hooks the sends of a signal it carries, without touching the core.
+
+A bridged event must be encoded (and size-checked) *before* any local receiver runs, so that
+a send that cannot cross fails having done nothing. A receiver cannot do that (it runs among
+the others), so each bridged signal gets instance attributes ``send`` and ``send_robust`` that
+shadow the class's methods: they encode for every bridge carrying the signal, then call the
+class's method (looked up at call time, so instrumentation that wraps the class still runs).
+The bridge's publishing receiver, connected as before, takes the encoded event and queues it.
+It is a receiver so that the publish happens inside the send (tracing sees the send's span;
+``send_robust`` reports a failed publish in its slot).
+
+The wrapper hands the encoded event to the receiver through the bridge's list of outgoing
+events, which the receiver matches by identity (signal, sender, every keyword value): not
+through a context variable, because receivers share and copy back their context (Django
+5.1+ semantics), so concurrent sends would see each other's values.
+
+Background sends (``send_nowait``) reach ``signal.send_robust`` through the instance, so they
+are encoded the same way. A send that bypasses the instance attribute (the class's method
+called directly, a bound method captured before the bridge started) is still published: the
+receiver encodes it itself, after the receivers before it ran.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+from .._reserved import RESERVED
+
+if TYPE_CHECKING:
+    from ._bridge import Bridge
+
+__all__ = ["Outgoing", "delivering", "install", "local_only", "uninstall"]
+
+_MISSING: Any = object()
+_ATTR = "_asignals_bridges"
+
+
+class Outgoing:
+    """One send's encoded event for one bridge, waiting for its publishing receiver.
+
+    ``data`` is None for a local-only send: the receiver finds it and publishes nothing.
+    """
+
+    __slots__ = ("body", "data", "kwargs", "sender", "signal")
+
+    def __init__(
+        self,
+        signal: Any,
+        sender: Any,
+        kwargs: dict[str, Any],
+        body: dict[str, Any],
+        data: bytes | None,
+    ) -> None:
+        self.signal = signal
+        self.sender = sender
+        self.kwargs = kwargs
+        self.body = body
+        self.data = data
+
+    def matches(self, signal: Any, sender: Any, kwargs: dict[str, Any]) -> bool:
+        """True when a receiver call is this send (identity of every object)."""
+        if self.signal is not signal or self.sender is not sender:
+            return False
+        mine = self.kwargs
+        if mine.keys() != kwargs.keys():
+            return False
+        return all(kwargs[k] is v for k, v in mine.items())
+
+
+#: True around a send whose remote copy travels another way (an outbox writes it in the
+#: transaction): its local receivers run, no bridge publishes it. Read once when the send
+#: starts, so the sends its receivers make are published as usual.
+local_only: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "asignals_bridge_local_only", default=False
+)
+#: The remote event being delivered in this context; the publishing receiver skips exactly it
+#: (a receiver that sends the signal again, through ``signal.send``, makes a new event).
+delivering: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "asignals_bridge_delivering", default=None
+)
+
+
+def _bridged(
+    signal: Any, method: str, bridges: list[Bridge]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    cls: Any = signal.__class__
+
+    async def send(sender: Any = _MISSING, /, **named: Any) -> Any:
+        unbound = getattr(cls, method)
+        by_keyword = sender is _MISSING
+        if by_keyword:
+            sender = named.get("sender", _MISSING)
+        if sender is _MISSING or "signal" in named:
+            return await unbound(signal, **named)  # the core explains what is wrong
+        kwargs = named if RESERVED.isdisjoint(named) else _without_reserved(named)
+        local = local_only.get()
+        # Encode for every bridge before anything is queued or run: all or nothing.
+        prepared = [(b, b._prepare(signal, sender, kwargs, local)) for b in bridges]
+        for bridge, out in prepared:
+            bridge._outgoing.append(out)
+        local_token = local_only.set(False) if local else None
+        try:
+            if by_keyword:
+                return await unbound(signal, **named)
+            return await unbound(signal, sender, **named)
+        finally:
+            if local_token is not None:
+                local_only.reset(local_token)
+            for bridge, out in prepared:
+                # Still there if the receiver never ran (an earlier receiver failed, ...).
+                if out.signal is not None:
+                    bridge._forget(out)
+
+    send.__name__ = method
+    send.__qualname__ = f"{cls.__qualname__}.{method}"
+    send.__doc__ = getattr(cls, method).__doc__
+    return send
+
+
+def _without_reserved(named: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in named.items() if k not in RESERVED}
+
+
+def install(signal: Any, bridge: Bridge) -> None:
+    """Route ``signal``'s sends through ``bridge`` (and any other bridge already on it)."""
+    try:
+        attrs = cast("dict[str, Any]", vars(signal))
+    except TypeError:
+        raise TypeError(f"{signal!r} cannot be bridged: it has no instance __dict__") from None
+    bridges = cast("list[Bridge] | None", attrs.get(_ATTR))
+    if bridges is None:
+        created: list[Bridge] = []
+        attrs[_ATTR] = bridges = created
+        attrs["send"] = _bridged(signal, "send", created)
+        attrs["send_robust"] = _bridged(signal, "send_robust", created)
+    if bridge not in bridges:
+        bridges.append(bridge)
+
+
+def uninstall(signal: Any, bridge: Bridge) -> None:
+    attrs = cast("dict[str, Any]", vars(signal))
+    bridges = cast("list[Bridge] | None", attrs.get(_ATTR))
+    if bridges is None or bridge not in bridges:
+        return
+    bridges.remove(bridge)
+    if not bridges:
+        for name in (_ATTR, "send", "send_robust"):
+            attrs.pop(name, None)

@@ -1,0 +1,369 @@
+"""The transactional outbox: write cost per committed row, relay throughput, COMMIT-to-receiver
+latency.
+
+    .venv/bin/python benchmarks/outbox.py [--rounds N] [--no-postgres] [--events N] [--rate R]
+
+1. **Write cost.** A transaction adds ``rows`` orders and commits (``rows`` = 1 and 100). The
+   contenders, sampled round-robin in a rotating order (medians of ``--rounds`` rounds): the
+   same commit with the model-signal adapter installed and no outbox, and with
+   ``install(..., outbox=outbox)`` so each order's ``post_save`` is also encoded and written
+   to the outbox table (plus one ``NOTIFY`` per transaction on PostgreSQL), and the same with
+   ``Outbox(notify=False)``. Reported per committed row (medians), with the median of the
+   per-round ratios to no outbox. SQLite (aiosqlite, a file) and PostgreSQL (asyncpg).
+2. **Relay throughput** (PostgreSQL to the Redis bridge): ``--events`` committed rows wait in
+   the table; the time from ``outbox.relay()`` start until the table is empty, i.e. every row
+   published, confirmed by Redis and deleted. Median of 3.
+3. **Latency**: ``--writers`` processes commit an order plus 1 (then 5) ``order_placed``
+   events per transaction, ``--rate`` events/s in all (concurrent sessions); the relay runs in the
+   benchmark's process with LISTEN/NOTIFY, and another *process* receives the events through
+   its own bridge. Latency is the receiver's ``time.monotonic()`` minus the writer's as it
+   sends COMMIT (one clock for all processes on Linux): it includes the COMMIT itself.
+
+Servers: PostgreSQL at ``ASIGNALS_POSTGRES_DSN``, Redis at ``ASIGNALS_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from subprocess import PIPE
+from typing import Any
+
+from sqlalchemy import Numeric, String, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from asignals import AsyncSignal
+from asignals.bridge import Bridge, RedisStreams
+from asignals.contrib.sqlalchemy import Outbox, install, uninstall
+from asignals.signals import post_save
+
+POSTGRES_DSN = os.environ.get("ASIGNALS_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("ASIGNALS_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = POSTGRES_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
+RUN = os.environ.setdefault("ASIGNALS_BENCH_RUN", uuid.uuid4().hex[:8])  # children share it
+
+order_placed = AsyncSignal(name="order_placed")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = f"bench_order_{RUN}"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer: Mapped[str] = mapped_column(String(50))
+    total: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+
+
+def make_bridge(stream: str, signals: list[AsyncSignal], mode: Any = "publish") -> Bridge:
+    return Bridge(
+        RedisStreams(REDIS_URL),
+        stream=stream,
+        mode=mode,
+        signals=signals,
+        senders={"Order": Order},
+    )
+
+
+async def _clear(engine: AsyncEngine, outbox: Outbox) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(Order.__table__))
+        await conn.execute(delete(outbox.table))
+
+
+# -- 1. write cost -------------------------------------------------------------------------------
+
+
+async def _commit(maker: async_sessionmaker[Any], rows: int) -> int:
+    async with maker() as session:
+        session.add_all(Order(customer=f"c{i}", total=Decimal("9.99")) for i in range(rows))
+        start = time.perf_counter_ns()
+        await session.commit()
+        return time.perf_counter_ns() - start
+
+
+async def write_cost(engine: AsyncEngine, rounds: int, rows: int) -> dict[str, list[float]]:
+    """µs per committed row of each contender, one sample per round."""
+    bridge = make_bridge(f"bench:{RUN}:w", [post_save])
+    outbox = Outbox(bridge, metadata=Base.metadata)
+    quiet = Outbox(bridge, metadata=Base.metadata, notify=False)  # the same table
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    setups = {"no outbox": None, "outbox": outbox, "outbox, notify=False": quiet}
+    samples: dict[str, list[float]] = {name: [] for name in setups}
+    transactions = max(1, 200 // rows)  # ~200 rows per sample
+    try:
+        for r in range(rounds + 1):  # round 0 warms up
+            names = list(setups)[r % 3 :] + list(setups)[: r % 3]
+            for name in names:
+                install(maker, outbox=setups[name])
+                elapsed = 0
+                for _ in range(transactions):
+                    elapsed += await _commit(maker, rows)
+                if r:
+                    samples[name].append(elapsed / (transactions * rows) / 1000)
+                await _clear(engine, outbox)
+    finally:
+        uninstall(maker)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+    return samples
+
+
+def _ratio(samples: dict[str, list[float]], name: str) -> float:
+    """The median of the per-round ratios to "no outbox" (drifts of the machine cancel out)."""
+    base = samples["no outbox"]
+    return statistics.median(v / b for v, b in zip(samples[name], base, strict=True))
+
+
+# -- 2. relay throughput -------------------------------------------------------------------------
+
+
+async def _fill(maker: async_sessionmaker[Any], outbox: Outbox, events: int) -> None:
+    per_transaction = 500
+    for start in range(0, events, per_transaction):
+        async with maker() as session, session.begin():
+            session.add_all(
+                Order(customer=f"c{start + i}", total=Decimal("9.99"))
+                for i in range(min(per_transaction, events - start))
+            )
+
+
+async def _rows(engine: AsyncEngine, outbox: Outbox) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(outbox.table)) or 0)
+
+
+async def relay_throughput(events: int, batch_size: int) -> tuple[list[float], list[float]]:
+    """Events/s of each run, and the relay process's CPU µs per event (this process's time)."""
+    engine = create_async_engine(PG_URL, pool_size=10)
+    stream = f"bench:{RUN}:relay"
+    bridge = make_bridge(stream, [post_save])
+    outbox = Outbox(bridge, metadata=Base.metadata)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    install(maker, outbox=outbox)
+    rates, cpu = [], []
+    try:
+        async with bridge:
+            for _ in range(3):
+                await _fill(maker, outbox, events)
+                assert await _rows(engine, outbox) == events
+                start, start_cpu = time.perf_counter(), time.process_time()
+                async with outbox.relay(engine, batch_size=batch_size, poll_interval=0.01):
+                    while await _rows(engine, outbox):  # noqa: ASYNC110 - polls a table
+                        await asyncio.sleep(0.005)
+                rates.append(events / (time.perf_counter() - start))
+                cpu.append((time.process_time() - start_cpu) / events * 1e6)
+                await _clear(engine, outbox)
+    finally:
+        uninstall(maker)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+        await engine.dispose()
+        await _delete_stream(stream)
+    return rates, cpu
+
+
+async def _delete_stream(stream: str) -> None:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+    await redis.delete(stream, f"{stream}:dead")
+    await redis.aclose()
+
+
+# -- 3. COMMIT-to-remote-receiver latency --------------------------------------------------------
+
+
+async def consumer(stream: str) -> None:
+    """The second process: receive ``order_placed`` and note when each arrived."""
+    arrived: dict[str, float] = {}
+
+    def on_placed(sender: Any, order_id: int, k: int, **kwargs: Any) -> None:
+        arrived[f"{order_id}:{k}"] = time.monotonic()
+
+    order_placed.connect(on_placed, weak=False)
+    async with make_bridge(stream, [order_placed], mode="broadcast"):
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+    print(json.dumps(arrived), flush=True)
+
+
+async def writer(stream: str, transactions: int, rate: float, per_transaction: int) -> None:
+    """A writing process: ``transactions`` (an order and its events) at ``rate``/s."""
+    engine = create_async_engine(PG_URL, pool_size=20)
+    outbox = Outbox(make_bridge(stream, [order_placed]), metadata=Base.metadata)
+    maker = async_sessionmaker(engine, expire_on_commit=False)
+    committed: dict[str, float] = {}
+    limit = asyncio.Semaphore(16)
+
+    async def place(n: int) -> None:
+        async with limit, maker() as session:
+            order = Order(customer=f"c{n}", total=Decimal("9.99"))
+            session.add(order)
+            await session.flush()
+            for k in range(per_transaction):
+                await outbox.send(session, order_placed, "shop", order_id=order.id, k=k)
+            # Taken as COMMIT is sent: once it returns, this task may resume after the event
+            # arrived. So the figure includes the COMMIT's own round trip (an upper bound).
+            now = time.monotonic()
+            committed.update({f"{order.id}:{k}": now for k in range(per_transaction)})
+            await session.commit()
+
+    start = time.monotonic()
+    tasks = []
+    for n in range(transactions):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(place(n)))
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - start
+    await engine.dispose()
+    print(json.dumps({"elapsed": elapsed, "committed": committed}), flush=True)
+
+
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, __file__, *args, stdin=PIPE, stdout=PIPE, limit=1 << 24
+    )
+
+
+async def latency(
+    events: int, rate: float, writers: int, per_transaction: int
+) -> tuple[list[float], float]:
+    """Writers and the receiver in processes of their own, the relay in this one.
+
+    ``rate`` is in events/s; each transaction carries ``per_transaction`` of them.
+    """
+    engine = create_async_engine(PG_URL, pool_size=20)
+    stream = f"bench:{RUN}:latency"
+    bridge = make_bridge(stream, [order_placed])
+    outbox = Outbox(bridge, metadata=Base.metadata)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    receiver = await _spawn("--consumer", stream)
+    assert receiver.stdout is not None and receiver.stdin is not None
+    committed: dict[str, float] = {}
+    try:
+        await asyncio.wait_for(receiver.stdout.readline(), 30)  # "ready"
+        async with bridge, outbox.relay(engine, poll_interval=1.0):
+            each = str(events // per_transaction // writers)
+            tx_rate = str(rate / per_transaction / writers)
+            procs = [
+                await _spawn("--writer", stream, each, tx_rate, str(per_transaction))
+                for _ in range(writers)
+            ]
+            elapsed = 0.0
+            for proc in procs:
+                assert proc.stdout is not None
+                report = json.loads((await asyncio.wait_for(proc.stdout.readline(), 300)).decode())
+                committed.update(report["committed"])
+                elapsed = max(elapsed, report["elapsed"])
+                await proc.wait()
+            while await _rows(engine, outbox):  # noqa: ASYNC110 - polls a table
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+        receiver.stdin.close()
+        arrived = json.loads((await asyncio.wait_for(receiver.stdout.readline(), 30)).decode())
+        await receiver.wait()
+    finally:
+        if receiver.returncode is None:
+            receiver.kill()
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+        await engine.dispose()
+        await _delete_stream(stream)
+    missing = len(committed) - len(arrived)
+    if missing:
+        print(f"warning: {missing} event(s) did not arrive")
+    waits = [(arrived[k] - v) * 1000 for k, v in committed.items() if k in arrived]
+    return waits, len(committed) / elapsed
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--events", type=int, default=20_000, help="rows for the relay run")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--latency-events", type=int, default=3_000)
+    parser.add_argument("--rate", type=float, default=1_000.0)
+    parser.add_argument("--writers", type=int, default=2, help="writing processes")
+    args = parser.parse_args()
+
+    print(f"\n1. Commit cost per row, median of {args.rounds} interleaved rounds\n")
+    print(
+        "| database | rows per transaction | no outbox (µs/row) | outbox (µs/row) | ratio "
+        "| outbox, notify=False (µs/row) | ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    databases = [("SQLite (aiosqlite)", None)]
+    if not args.no_postgres:
+        databases.append(("PostgreSQL (asyncpg)", PG_URL))
+    for label, url in databases:
+        for rows in (1, 100):
+            with tempfile.TemporaryDirectory() as tmp:
+                engine = create_async_engine(url or f"sqlite+aiosqlite:///{Path(tmp) / 'b.db'}")
+                cost = await write_cost(engine, args.rounds, rows)
+                await engine.dispose()
+            base, full, quiet = (
+                statistics.median(cost[name])
+                for name in ("no outbox", "outbox", "outbox, notify=False")
+            )
+            print(
+                f"| {label} | {rows} | {base:.1f} | {full:.1f} | {_ratio(cost, 'outbox'):.2f}x "
+                f"| {quiet:.1f} | {_ratio(cost, 'outbox, notify=False'):.2f}x |",
+                flush=True,
+            )
+    if args.no_postgres:
+        return
+
+    rates, cpu = await relay_throughput(args.events, args.batch_size)
+    print(
+        f"\n2. Relay throughput, PostgreSQL -> Redis, {args.events:,} rows, batch_size "
+        f"{args.batch_size}: median {statistics.median(rates):,.0f} events/s "
+        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; target >= 10,000); the relay's "
+        f"process used {statistics.median(cpu):.0f} µs CPU per event"
+    )
+
+    print("\n3. COMMIT -> remote receiver, LISTEN/NOTIFY (target p99 < 20 ms at 1,000 events/s)\n")
+    print("| events per transaction | events/s asked | achieved | p50 (ms) | p99 (ms) | max (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for per_transaction in (1, 5):
+        values, achieved = await latency(
+            args.latency_events, args.rate, args.writers, per_transaction
+        )
+        print(
+            f"| {per_transaction} | {args.rate:,.0f} | {achieved:,.0f} | {_pct(values, 0.5):.1f} "
+            f"| {_pct(values, 0.99):.1f} | {max(values):.1f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--consumer"]:
+        asyncio.run(consumer(sys.argv[2]))
+    elif sys.argv[1:2] == ["--writer"]:
+        asyncio.run(writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])))
+    else:
+        asyncio.run(main())

@@ -1,0 +1,161 @@
+"""JetStream specifics: what an operator sees on the server, names, lost consumers, restarts
+of the stream. The behaviour every transport shares is in test_bridge.py; real processes and
+server restarts in test_bridge_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import nats
+import nats.js.errors
+import pytest
+from nats.js.api import AckPolicy
+
+from asignals import AsyncSignal
+from asignals.bridge import Bridge, JetStream
+
+pytestmark = pytest.mark.anyio
+
+FAST: dict[str, Any] = {"reconnect_backoff": (0.02, 0.2), "retry_backoff": (0.02, 0.05)}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # nats-py is asyncio-only
+
+
+@pytest.fixture
+async def js(nats_url: str) -> AsyncIterator[Any]:
+    client = await nats.connect(nats_url)
+    yield client.jetstream()
+    await client.close()
+
+
+@pytest.fixture
+async def stream(js: Any) -> AsyncIterator[str]:
+    name = f"asignals-test-{uuid.uuid4().hex}"
+    yield name
+    for each in (name, f"{name}:dead"):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(each)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def bridge(url: str, stream: str, *signals: Any, **options: Any) -> Bridge:
+    return Bridge(JetStream(url, block=0.2), stream=stream, signals=list(signals), **options)
+
+
+async def test_a_group_is_a_durable_consumer_set_from_the_bridge_options(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    """claim_idle is the consumer's ack wait and max_attempts its max deliver (plus the one
+    delivery that dead-letters an event whose last worker died); a restart with other
+    options updates the consumer in place, keeping its position."""
+    sig = AsyncSignal(name="job")
+    async with bridge(nats_url, stream, sig, mode="shared", group="mailers", claim_idle=7.5):
+        info = await js.consumer_info(stream, "mailers")
+    assert info.config.ack_policy == AckPolicy.EXPLICIT
+    assert (info.config.ack_wait, info.config.max_deliver) == (7.5, 6)
+    stream_info = await js.stream_info(stream)
+    assert stream_info.config.subjects == [stream]
+    async with bridge(
+        nats_url, stream, sig, mode="shared", group="mailers", claim_idle=2, max_attempts=3
+    ):
+        info = await js.consumer_info(stream, "mailers")
+    assert (info.config.ack_wait, info.config.max_deliver) == (2, 4)
+
+
+async def test_dead_letters_keep_the_message_and_carry_provenance_as_headers(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    producer, worker = AsyncSignal(name="job"), AsyncSignal(name="job")
+
+    def fail(sender: Any, **kw: Any) -> None:
+        raise LookupError("no such job\non two lines")
+
+    worker.connect(fail, weak=False)
+    opts: dict[str, Any] = {"mode": "shared", "group": "g", "max_attempts": 2, **FAST}
+    async with (
+        bridge(nats_url, stream, worker, **opts),
+        bridge(nats_url, stream, producer, mode="publish"),
+    ):
+        await producer.send(None, n=1)
+        deadline = time.monotonic() + 5
+        while True:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                if (await js.stream_info(f"{stream}:dead")).state.messages:
+                    break
+            assert time.monotonic() < deadline, "no dead letter"
+            await asyncio.sleep(0.05)
+    letter = await js.get_msg(f"{stream}:dead", 1)
+    assert b'"signal":"job"' in letter.data  # the envelope, as published: replayable
+    headers = letter.headers
+    assert headers["reason"] == "max_attempts" and headers["attempts"] == "2"
+    assert headers["error_type"] == "builtins.LookupError"
+    assert headers["error"] == "no such job on two lines"  # header values hold one line
+    assert headers["original_id"] == "1"  # the stream sequence
+
+
+async def test_broadcast_resumes_after_its_consumer_is_deleted_without_loss(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    """An ordered consumer that the server dropped (restart, admin) is re-created after the
+    last event it delivered: nothing is skipped or seen twice."""
+    here, there = AsyncSignal(name="tick"), AsyncSignal(name="tick")
+    got: list[int] = []
+    there.connect(lambda sender, n, **kw: got.append(n), weak=False)
+    async with bridge(nats_url, stream, there), bridge(nats_url, stream, here, mode="publish"):
+        for n in range(10):
+            await here.send(None, n=n)
+        await eventually(lambda: len(got) == 10)
+        (consumer,) = [c.name async for c in _consumers(js, stream)]
+        await js.delete_consumer(stream, consumer)
+        for n in range(10, 20):
+            await here.send(None, n=n)
+        await eventually(lambda: len(got) >= 20)
+        await asyncio.sleep(0.3)
+    assert got == list(range(20))
+
+
+async def _consumers(js: Any, stream: str) -> AsyncIterator[Any]:
+    for info in await js.consumers_info(stream):
+        yield info
+
+
+async def test_names_jetstream_cannot_hold_are_refused_with_the_reason(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    with pytest.raises(ValueError, match=r"'shop\.events' cannot be a JetStream stream name"):
+        await bridge(nats_url, "shop.events", AsyncSignal(name="s")).start()
+    with pytest.raises(RuntimeError, match="reader") as caught:
+        await bridge(nats_url, stream, AsyncSignal(name="s"), mode="shared", group="mail*").start()
+    assert "'mail*' cannot be a JetStream consumer (group) name" in str(caught.value.__cause__)
+    await js.add_stream(name=f"{stream}-other", subjects=["elsewhere"])
+    try:
+        with pytest.raises(ValueError, match="exists but does not capture subject"):
+            await bridge(nats_url, f"{stream}-other", AsyncSignal(name="s")).start()
+    finally:
+        await js.delete_stream(f"{stream}-other")
+
+
+async def test_start_waits_for_nats_then_fails_with_the_reason(free_port: int) -> None:
+    from asignals.bridge import PublishError
+
+    b = Bridge(JetStream(f"nats://127.0.0.1:{free_port}", connect_timeout=0.2),
+               stream="s", mode="publish", publish_timeout=0.5, **FAST)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(PublishError, match="not reachable"):
+        await b.start()
+    assert time.monotonic() - started < 3

@@ -1,0 +1,403 @@
+"""The outbox's guarantees with real processes: writers and relays killed with SIGKILL, a Redis
+server stopped and restarted, two relays on one table.
+
+Children run ``tests/outbox_worker.py``; they and the Redis servers started here are stopped by
+the pid they were started with. What reached the broker is read from the Redis stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from outbox_worker import Shop, make, order_placed
+from redis.asyncio import Redis
+from sqlalchemy import func, text
+from sqlalchemy import select as sql_select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from asignals import AsyncSignal
+from asignals.bridge import Bridge, Deduplicator, RedisStreams
+from asignals.contrib.sqlalchemy import install, uninstall
+
+pytestmark = pytest.mark.anyio
+
+WORKER = str(Path(__file__).with_name("outbox_worker.py"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Child:
+    """A worker process, read line by line, stopped by its pid."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.lines: list[str] = []
+        self._seen = 0  # lines already matched by expect()
+        self._partial = b""
+
+    def _read(self, timeout: float) -> bool:
+        """Read what the child wrote within ``timeout``; False once its output ended."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return True
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        self.lines += [line.decode().strip() for line in complete]
+        return True
+
+    def expect(self, prefix: str, timeout: float = 20.0) -> str:
+        """Wait for a new line starting with ``prefix``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index in range(self._seen, len(self.lines)):
+                if self.lines[index].startswith(prefix):
+                    self._seen = index + 1
+                    return self.lines[index]
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(min(left, 0.5)):
+                raise AssertionError(f"no {prefix!r} from the worker; it said {self.lines}")
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Close stdin (the worker's cue to finish), wait for it; kill it if it does not end."""
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        while self._read(0.1):
+            pass
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        if child.proc.poll() is None:
+            child.kill()
+
+
+@dataclass
+class Setup:
+    shop: Shop
+    engine: AsyncEngine
+    url: str
+    redis_url: str
+    stream: str
+    prefix: str
+
+    def args(self, role: str, *rest: str) -> tuple[str, ...]:
+        return (role, self.url, self.redis_url, self.stream, self.prefix, *rest)
+
+    async def rows(self) -> int:
+        table = self.shop.outbox.table
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(sql_select(func.count()).select_from(table)) or 0)
+
+
+async def events(redis_url: str, stream: str) -> list[dict[str, Any]]:
+    redis = Redis.from_url(redis_url)
+    try:
+        entries = await redis.xrange(stream)
+    finally:
+        await redis.aclose()
+    return [json.loads(next(iter(fields.values()))) for _id, fields in entries]
+
+
+async def wait_events(redis_url: str, stream: str, count: int, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = await events(redis_url, stream)
+        except OSError:
+            found = []
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} of {count} events reached {stream!r}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_empty(s: Setup, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await s.rows() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a table
+        await asyncio.sleep(0.05)
+
+
+async def make_setup(url: str, redis_url: str) -> Setup:
+    prefix = f"op{uuid.uuid4().hex[:8]}"
+    stream = f"asignals-test:{prefix}"
+    shop = make(redis_url, stream, prefix)
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(shop.base.metadata.create_all)
+    return Setup(shop, engine, url, redis_url, stream, prefix)
+
+
+async def tear_down(s: Setup) -> None:
+    async with s.engine.begin() as conn:
+        await conn.run_sync(s.shop.base.metadata.drop_all)
+    await s.engine.dispose()
+    redis = Redis.from_url(s.redis_url)
+    try:
+        await redis.delete(s.stream, f"{s.stream}:dead")
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str
+) -> AsyncIterator[Setup]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}"
+    else:
+        url = request.getfixturevalue("postgres_dsn").replace(
+            "postgresql://", "postgresql+asyncpg://", 1
+        )
+    s = await make_setup(url, redis_url)
+    try:
+        yield s
+    finally:
+        await tear_down(s)
+
+
+@pytest.fixture
+async def pg_setup(postgres_dsn: str, redis_url: str) -> AsyncIterator[Setup]:
+    s = await make_setup(
+        postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1), redis_url
+    )
+    try:
+        yield s
+    finally:
+        await tear_down(s)
+
+
+# -- an event reaches the broker iff its transaction committed --------------------------------
+
+
+async def test_committed_events_survive_a_kill_and_uncommitted_ones_never_go(
+    setup: Setup, children: list[Child]
+) -> None:
+    writer = Child(*setup.args("write", "commit:2,rollback:2,commit:1,hang:3"))
+    children.append(writer)
+    writer.expect("hanging")  # two COMMITs done, one transaction open, no relay anywhere
+    committed = [int(line.split()[1]) for line in writer.lines if line.startswith("committed")]
+    writer.kill()  # SIGKILL: after the COMMITs, before any relay ran, and mid-transaction
+    assert len(committed) == 2
+    assert await setup.rows() == 5  # 2 orders + 3 order_placed, all committed
+    relay = Child(*setup.args("relay"))
+    children.append(relay)
+    relay.expect("relaying")
+    found = await wait_events(setup.redis_url, setup.stream, 5)
+    await asyncio.sleep(0.5)  # anything else would have arrived by now
+    relay.stop()
+    found = await events(setup.redis_url, setup.stream)
+    saved = [e["kwargs"]["instance"]["v"]["id"] for e in found if e["signal"] == "post_save"]
+    placed = [e["kwargs"]["order_id"] for e in found if e["signal"] == "order_placed"]
+    assert saved == committed
+    assert placed == [committed[0], committed[0], committed[1]]
+    assert len(found) == 5 and await setup.rows() == 0
+    assert "published 5" in relay.lines
+
+
+# -- a broker outage holds the rows ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"redis-server did not start on port {port}")
+
+
+async def _place(s: Setup, maker: Any, customer: str) -> None:
+    async with maker() as session:
+        order = s.shop.order(customer=customer, total=Decimal("1.00"))
+        session.add(order)
+        await session.flush()
+        await s.shop.outbox.send(session, order_placed, "shop", order_id=order.id)
+        await session.commit()
+
+
+async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: str) -> None:
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = _start_redis(port)
+    s = await make_setup(postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1), url)
+    s.shop = make(url, s.stream, s.prefix, publish_timeout=0.5, reconnect_backoff=(0.02, 0.2))
+    maker = async_sessionmaker(s.engine, expire_on_commit=False)
+    install(maker, outbox=s.shop.outbox)
+    try:
+        async with s.shop.bridge, s.shop.outbox.relay(s.engine, backoff=(0.05, 0.3)):
+            await _place(s, maker, "before")
+            await wait_events(url, s.stream, 2)
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(10)
+            for i in range(3):
+                await _place(s, maker, f"during{i}")
+            await asyncio.sleep(1.0)  # the relay keeps failing to publish them
+            assert await s.rows() == 6  # held in the table, committed
+            server = _start_redis(port)  # an empty server: the first events went with the old
+            found = await wait_events(url, s.stream, 6, timeout=30)
+            await wait_empty(s)
+        assert await s.rows() == 0
+        customers = [
+            e["kwargs"]["instance"]["v"]["customer"] for e in found if e["signal"] == "post_save"
+        ]
+        assert customers == ["during0", "during1", "during2"]
+    finally:
+        uninstall(maker)
+        await tear_down(s)
+        server.kill()
+        server.wait(10)
+
+
+# -- two relays on one table -------------------------------------------------------------------
+
+
+async def test_two_relays_never_publish_the_same_row(
+    pg_setup: Setup, children: list[Child]
+) -> None:
+    s = pg_setup
+    relays = [Child(*s.args("relay", "25")) for _ in range(2)]
+    children.extend(relays)
+    for relay in relays:
+        relay.expect("relaying")
+    writer = Child(*s.args("write", ",".join(["commit:9"] * 40)))
+    children.append(writer)
+    writer.expect("done", timeout=60)
+    found = await wait_events(s.redis_url, s.stream, 400, timeout=60)
+    await asyncio.sleep(0.5)
+    for relay in relays:
+        relay.stop()
+    writer.stop()
+    found = await events(s.redis_url, s.stream)
+    ids = [e["id"] for e in found]
+    assert len(ids) == 400 and len(set(ids)) == 400  # every row once: none twice, none lost
+    published = [
+        int(line.split()[1]) for r in relays for line in r.lines if line.startswith("published")
+    ]
+    assert sum(published) == 400
+    by_order: dict[int, list[int]] = {}
+    for e in found:
+        if e["signal"] == "order_placed":
+            by_order.setdefault(e["kwargs"]["order_id"], []).append(e["kwargs"]["n"])
+    assert len(by_order) == 40
+    assert all(ns == list(range(9)) for ns in by_order.values())  # each transaction in order
+
+
+# -- at least once, under a stable id ------------------------------------------------------------
+
+
+async def test_a_relay_killed_after_publishing_republishes_under_the_same_ids(
+    pg_setup: Setup, children: list[Child]
+) -> None:
+    s = pg_setup
+    table = s.shop.outbox.table.name
+    async with s.engine.begin() as conn:
+        # The relay's DELETE stalls after the broker confirmed: the window a crash can hit.
+        await conn.execute(
+            text(
+                f"CREATE FUNCTION {table}_stall() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {table}_stall BEFORE DELETE ON {table} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {table}_stall()"
+            )
+        )
+    remote = AsyncSignal(name="order_placed")
+    handled: list[dict[str, Any]] = []
+    remote.connect(lambda sender, **kw: handled.append(kw), weak=False)
+    consumer = Bridge(
+        RedisStreams(s.redis_url),
+        stream=s.stream,
+        mode="broadcast",
+        signals=[remote],
+        dedupe=Deduplicator(),
+    )
+    try:
+        async with consumer:
+            writer = Child(*s.args("write", "commit:2"))
+            children.append(writer)
+            writer.expect("done")
+            writer.stop()
+            first = Child(*s.args("relay"))
+            children.append(first)
+            first.expect("relaying")
+            await wait_events(s.redis_url, s.stream, 3)
+            first.kill()  # published and confirmed, not yet deleted
+            async with s.engine.begin() as conn:  # waits for the dead relay's rollback
+                await conn.execute(text(f"DROP TRIGGER {table}_stall ON {table}"))
+            assert await s.rows() == 3
+            second = Child(*s.args("relay"))
+            children.append(second)
+            second.expect("relaying")
+            found = await wait_events(s.redis_url, s.stream, 6)
+            second.stop()
+            await asyncio.sleep(0.5)
+        assert [e["id"] for e in found[3:]] == [e["id"] for e in found[:3]]  # same ids again
+        assert await s.rows() == 0
+        assert sorted(h["n"] for h in handled) == [0, 1]  # the consumer dropped the repeats
+    finally:
+        async with s.engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_stall ON {table}"))
+            await conn.execute(text(f"DROP FUNCTION IF EXISTS {table}_stall()"))
