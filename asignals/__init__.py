@@ -12,8 +12,9 @@ without the sender importing them. Everything an application needs is importable
 - :class:`WeakReceiverWarning` reports a weakly connected receiver lost before any send.
 
 The built-in model and request signals are in :mod:`asignals.signals`, the test helpers in
-:mod:`asignals.testing`, the adapters for SQLAlchemy, Tortoise ORM and ASGI apps in
-:mod:`asignals.contrib`. Start with [Getting started](../getting-started.md).
+:mod:`asignals.testing`, the adapters for SQLAlchemy, Tortoise ORM, ASGI apps and OpenTelemetry
+in :mod:`asignals.contrib`, and the delivery of signals to other processes over a message broker
+in :mod:`asignals.bridge`. Start with [Getting started](../getting-started.md).
 """
 
 from ._receivers import WeakReceiverWarning
