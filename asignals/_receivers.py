@@ -31,7 +31,17 @@ THREAD: Final = 2  # a sync callable connected with sync_to_thread=True
 
 
 class WeakReceiverWarning(RuntimeWarning):
-    """A weakly connected receiver was garbage collected before any send reached it."""
+    """Warns that a weakly connected receiver was garbage collected before any send reached it.
+
+    Receivers are weakly referenced by default (``weak=True``), as in Django and blinker, so a
+    receiver that nothing else keeps alive (a lambda, a closure, a ``functools.partial`` built
+    in the call, a bound method of a temporary object) disappears at once; there it would
+    vanish silently. This warning names the receiver and the signal: connect it with
+    ``weak=False`` (or ``@receiver(..., weak=False)``), or keep a reference to it. Receivers
+    collected after a send reached them, disconnected ones and those collected at interpreter
+    exit are not reported. Turn it into an error in tests with
+    ``-W error::asignals.WeakReceiverWarning``.
+    """
 
 
 def describe(fn: Any) -> str:

@@ -76,6 +76,13 @@ class _AnySender:
 
 
 ANY: Final = _AnySender()
+"""The sender that stands for "every sender": pass it where ``None`` would read ambiguously.
+
+``sig.connect(fn, sender=ANY)`` is ``sig.connect(fn)``, a receiver for every send whoever
+sends it (what Django spells ``sender=None``); ``sig.wait_for(ANY)``, the default, waits for
+the next send from anyone. Use it to say so explicitly, where a reader could take ``None`` for
+"sent by nobody". There is one such object, and it pickles as itself.
+"""
 
 _MISSING: Any = object()  # no sender given
 _DEFAULT: Any = object()  # dispatch option not given on this call: use the signal's
@@ -278,14 +285,40 @@ class _Waiter:
 async def _send(
     self: AsyncSignal[..., Any], sender: Any = _MISSING, /, *args: Any, **named: Any
 ) -> Results:
-    """Call every receiver for ``sender``; return ``[(receiver, result), ...]``.
+    """Call every receiver connected for ``sender``; return ``[(receiver, result), ...]``.
 
-    ``await sig.send(sender, **kwargs)``. Sync receivers run inline, async ones
-    concurrently. If receivers raise, the still-running ones are cancelled and an
-    ``ExceptionGroup`` of every failure is raised, always a group (as
-    ``asyncio.TaskGroup`` does), named ``"N receiver(s) of <signal> raised"``.
-    Per-call options: ``concurrent``, ``timeout``, ``max_concurrency``.
+    ``await sig.send(sender, **kwargs)`` is the send to use when the event's side effects are
+    part of the caller's work: the caller waits for every receiver, and a receiver's failure is
+    the caller's failure. Each receiver is called as ``receiver(signal=sig, sender=sender,
+    **kwargs)``, in the caller's context (it sees the caller's context variables); sync
+    receivers run inline on the event loop (in a thread only if connected with
+    ``sync_to_thread=True``), async ones concurrently. With no receiver for ``sender``, or
+    inside :meth:`muted`, it returns ``[]`` at once.
+
+    When receivers raise, the ones still running are cancelled and an ``ExceptionGroup`` of
+    every failure is raised: always a group, even for one failure, as ``asyncio.TaskGroup``
+    does (Django raises a lone failure bare), so catch it with ``except* SomeError``. Use
+    :meth:`send_robust` when one receiver's failure must not stop the others, and
+    :meth:`send_nowait` when the caller should not wait at all.
+
+    :param args: the sender, alone: who sends (``sender=`` works too). A receiver connected
+        with ``sender=X`` gets only the sends from ``X``: by identity, except that ``str``,
+        ``bytes`` and ``int`` senders match by value. ``None`` reaches only the receivers
+        connected for every sender.
+    :param kwargs: the event's data, passed to every receiver (a typed signal checks the names
+        against its spec). ``concurrent``, ``timeout`` and ``max_concurrency`` are not passed
+        on: they override the signal's [dispatch options](../guides/dispatch-options.md) for
+        this call.
+    :returns: ``[(receiver, result), ...]`` in connection order, whatever order the receivers
+        finished in.
+    :raises ExceptionGroup: one or more receivers raised (a receiver past its ``timeout``
+        counts as raising ``TimeoutError``); the group is named
+        ``"N receiver(s) of <signal> raised"``.
+    :raises TypeError: the sender is missing or followed by another positional argument, a
+        keyword argument is named ``signal``, a dispatch option has a wrong type, or a typed
+        signal's keyword argument is missing or unknown.
     """
+    # This docstring is also the typed stub's, in AsyncSignal (the reference shows that one).
     # The one send loop, ``send_robust``'s too (it marks its call with _ROBUST, which
     # takes the slow path below). ``named`` is the call's own ``**kwargs`` dict:
     # receivers get their own copy of it (``**`` always copies), so ``signal`` and
@@ -389,19 +422,60 @@ _send.__qualname__ = "AsyncSignal.send"
 
 
 class AsyncSignal(Generic[P, R]):
-    """A signal that sync and async receivers connect to, Django style.
+    """An event that code announces and any number of receivers react to, Django style.
 
-    ``await sig.send(sender, **kwargs)`` calls every receiver connected for that sender as
-    ``receiver(signal=sig, sender=sender, **kwargs)`` and returns ``[(receiver, result), ...]``
-    in connection order. Sync receivers run inline on the event loop; async ones run
-    concurrently.
+    Use a signal to decouple the code where something happens (an order is placed) from the
+    code that reacts to it (send the email, update the stats): the sender does not import its
+    receivers, and adding a reaction means connecting a receiver, not editing the sender.
+    Create one per event at module level, where both sides can import it:
 
-    ``AsyncSignal(spec=fn)`` (or the :func:`signal` decorator) makes a typed signal: mypy and
-    pyright check every send and receiver against ``fn``'s parameters, and each send's keyword
-    names are checked at run time. ``AsyncSignal()`` without a spec accepts anything.
+    ```py
+    order_placed = AsyncSignal("order_placed")
 
-    ``concurrent``, ``timeout`` and ``max_concurrency`` are the signal's dispatch options;
-    ``send``/``send_robust`` take the same keywords per call.
+    @receiver(order_placed, sender=Order)
+    async def email_customer(sender, *, order, **kwargs): ...
+
+    await order_placed.send(Order, order=order)
+    ```
+
+    Receivers connect with :meth:`connect` or the :func:`receiver` decorator, sync or async
+    alike. The sender chooses how they run: :meth:`send` waits for them and raises their
+    failures, :meth:`send_robust` waits and returns the failures, :meth:`send_nowait` and
+    :meth:`send_later` hand the send to the background :func:`~asignals.dispatcher`, and
+    :meth:`send_after_response` holds it until the current HTTP request has succeeded.
+    Connecting and disconnecting are thread-safe and may happen during a send, which works
+    on the receivers as they were when it started. Works on asyncio, uvloop and trio.
+
+    Give it a ``spec`` (or declare it with the :func:`signal` decorator) to make it typed:
+    mypy and pyright then check every send and receiver against the spec's parameters, and
+    each send's keyword names are checked at run time. Without one, it accepts any keyword
+    arguments, as Django's ``Signal`` does.
+
+    ``concurrent``, ``timeout`` and ``max_concurrency`` are the signal's
+    [dispatch options](../guides/dispatch-options.md): :meth:`send` and :meth:`send_robust`
+    take the same keywords to override them per call.
+
+    :param name: the name shown in ``repr()``, in log lines and in error messages; a typed
+        signal takes its spec's ``__name__`` by default. Give every signal one: an unnamed
+        one shows as ``<AsyncSignal at 0x...>``.
+    :param spec: a function whose parameters are what every send passes (``sender`` first,
+        then keyword-only arguments) and whose return type is the receivers' result type. It
+        is never called; its docstring becomes the signal's ``__doc__``. See
+        [Typed signals](../guides/typed-signals.md).
+    :param use_caching: accepted so that Django code ports unchanged, and has no effect: the
+        per-sender receiver cache is always on (it is evicted when a sender dies, so it needs
+        no opt-in).
+    :param concurrent: ``False`` awaits the receivers one by one, in connection order, in the
+        sending task (each sees the context variables the previous one set), instead of
+        running the async ones concurrently.
+    :param timeout: seconds each awaiting receiver may take; one past it is cancelled and
+        counts as having raised ``TimeoutError``. ``None``: no limit. A sync receiver running
+        inline cannot be interrupted: connect it with ``sync_to_thread=True`` to bound it.
+    :param max_concurrency: at most this many receivers run at once (``None``: no cap), for
+        receivers that share a scarce resource such as a connection pool.
+    :raises TypeError: ``name`` is not a string, a dispatch option has the wrong type, or
+        ``spec`` is not a function taking the sender first and keyword-only arguments after.
+    :raises ValueError: ``timeout`` is not positive, or ``max_concurrency`` is below 1.
     """
 
     @overload
@@ -441,22 +515,49 @@ class AsyncSignal(Generic[P, R]):
             raise TypeError(f"AsyncSignal name must be a str, got {name!r}")
         _check_options(concurrent, timeout, max_concurrency)
         self._spec = None if spec is None else _Spec(spec)
-        #: The spec function of a typed signal, or None: ``typing.get_type_hints(sig.spec)``
-        #: gives the type of each keyword argument.
         self.spec: Callable[P, R] | None = spec
+        """The spec function of a typed signal, or ``None`` for an untyped one.
+
+        For tools that need a signal's arguments at run time (a serializer, a form of the
+        event, documentation): ``inspect.signature(sig.spec)`` lists the keyword arguments a
+        send passes, ``typing.get_type_hints(sig.spec)`` their types.
+        """
         # What the hot path compares a send's keyword names with (see _gate()).
         self._names: frozenset[str] | None = None if self._spec is None else self._spec.allowed
         if spec is not None:
             if name is None:
                 name = getattr(spec, "__name__", None)
             self.__doc__ = spec.__doc__
-        self.name = name
+        self.name: str | None = name
+        """The signal's name, as shown in ``repr()``, log lines, errors and trace spans.
+
+        A typed signal's defaults to its spec's ``__name__``; ``None`` if none was given.
+        """
         # Accepted for Django compatibility. The per-sender cache is always on: it is keyed by
         # identity and evicted when a sender dies, so unlike Django's it needs no opt-in.
-        self.use_caching = use_caching
-        self.concurrent = concurrent
-        self.timeout = timeout
-        self.max_concurrency = max_concurrency
+        self.use_caching: bool = use_caching
+        """What was passed as ``use_caching``, kept for Django compatibility; it changes nothing.
+
+        Receivers are always cached per sender, and the cache is evicted when a sender dies.
+        """
+        self.concurrent: bool = concurrent
+        """Whether a send runs the async receivers concurrently (the default) or one by one.
+
+        The value :meth:`send` and :meth:`send_robust` use when the call passes no
+        ``concurrent=``. Set it at construction: the send path reads it, it is not meant to
+        be reassigned.
+        """
+        self.timeout: float | None = timeout
+        """Seconds each awaiting receiver may take before it is cancelled, or ``None``.
+
+        The value a send uses when the call passes no ``timeout=``; set at construction.
+        """
+        self.max_concurrency: int | None = max_concurrency
+        """How many receivers of one send may run at once, or ``None`` for no cap.
+
+        The value a send uses when the call passes no ``max_concurrency=``; set at
+        construction.
+        """
         self._options = not concurrent or timeout is not None or max_concurrency is not None
         self._lock = threading.Lock()
         self._entries: tuple[_Entry, ...] = ()
@@ -508,17 +609,36 @@ class AsyncSignal(Generic[P, R]):
         *,
         sync_to_thread: bool = False,
     ) -> Callable[..., Any]:
-        """Connect ``receiver`` to this signal, for every sender or only for ``sender``.
+        """Connect ``receiver`` so that sends of this signal call it; return the receiver.
 
-        Returns the receiver, so ``@sig.connect`` works as a decorator (as in blinker).
-        ``weak=True`` holds a weak reference, so a receiver that is garbage collected
-        disconnects itself. ``dispatch_uid`` identifies the connection: connecting twice with
-        the same uid (or the same receiver and sender) registers once, the first one winning.
-        ``sync_to_thread=True`` runs a blocking sync receiver in a worker thread.
+        Call it at import time, next to the receiver (or use :func:`receiver`), so the
+        connection exists before the first send; it returns the receiver, so ``@sig.connect``
+        works as a decorator, as in blinker. Connecting the same receiver for the same sender
+        twice registers it once.
 
-        A receiver that a send could not call (no ``**kwargs``, ``sender`` not accepted by
-        keyword, a required parameter the signal never passes) is refused with a
-        ``TypeError`` naming it.
+        :param receiver: a plain or ``async def`` function, a bound method, a
+            ``functools.partial`` or a callable instance, called as ``receiver(signal=sig,
+            sender=sender, **kwargs)``: it must accept ``**kwargs`` and ``sender`` by keyword
+            (``def on_order(sender, **kwargs)`` is the Django shape).
+        :param sender: only the sends from this sender reach it: by identity (a model class,
+            an app), except ``str``, ``bytes`` and ``int`` senders, which match by value (so
+            ``sender="orders"`` works). ``None`` or :data:`~asignals.ANY`: every send. The
+            sender is weakly referenced where it can be.
+        :param weak: hold the receiver through a weak reference (``weakref.WeakMethod`` for a
+            bound method), so it disconnects itself when garbage collected. Pass ``False``
+            for a receiver that nothing else keeps alive (a lambda, a closure): one collected
+            before any send reached it is reported with :class:`~asignals.WeakReceiverWarning`.
+        :param dispatch_uid: a hashable that identifies the connection instead of the
+            receiver, for code that may run twice (a module imported under two names): the
+            first connection with a uid wins, and ``disconnect(dispatch_uid=...)`` removes it.
+        :param sync_to_thread: run this sync receiver in a worker thread (``anyio.to_thread``)
+            instead of inline, for one that blocks (file or network I/O, a sync client); it
+            also lets a send's ``timeout`` bound it.
+        :returns: ``receiver`` itself.
+        :raises TypeError: a send could not call the receiver (no ``**kwargs``, ``sender``
+            not accepted by keyword, a required parameter the signal never passes, or a
+            typed signal's keyword it does not accept); ``dispatch_uid`` is not hashable; or
+            ``sync_to_thread=True`` for an async receiver. The message names the receiver.
         """
         self._connect(receiver, sender, weak, dispatch_uid, sync_to_thread)
         return receiver
@@ -563,7 +683,20 @@ class AsyncSignal(Generic[P, R]):
         sender: Any = None,
         dispatch_uid: Hashable | None = None,
     ) -> bool:
-        """Disconnect a (receiver, sender) pair or a ``dispatch_uid``; True if it was connected."""
+        """Undo a :meth:`connect`; return whether that connection existed.
+
+        Use it to stop reacting at run time (a plugin unloads, a test cleans up; for a
+        ``with`` block, :meth:`connected_to` does both steps). Name the connection as it was
+        made: the same ``receiver`` and ``sender``, or the ``dispatch_uid`` it was connected
+        with. A send already running still calls the receiver; the sends after it do not.
+
+        :param receiver: the receiver that was connected (not needed with ``dispatch_uid``).
+        :param sender: the sender it was connected for; ``None`` (or :data:`~asignals.ANY`)
+            for a receiver connected for every sender.
+        :param dispatch_uid: the uid it was connected with.
+        :returns: ``True`` if it was connected, ``False`` if there was nothing to disconnect.
+        :raises TypeError: neither ``receiver`` nor ``dispatch_uid`` was given.
+        """
         if receiver is None and dispatch_uid is None:
             raise TypeError(f"{self!r}.disconnect() needs the receiver or its dispatch_uid")
         if sender is ANY:
@@ -660,7 +793,12 @@ class AsyncSignal(Generic[P, R]):
     # -- queries ------------------------------------------------------------------------
 
     def receivers_for(self, sender: Any) -> list[Callable[..., Any]]:
-        """The live receivers a send from ``sender`` would call, in connection order."""
+        """The live receivers a send from ``sender`` would call, in connection order.
+
+        For checking the wiring (in a test, or a debug endpoint listing who reacts to what):
+        the receivers connected for every sender and those connected for ``sender`` itself,
+        the garbage-collected ones left out.
+        """
         receivers: list[Callable[..., Any]] = []
         for e in self._entries:
             if e.listens_to(sender) and e.alive():
@@ -668,16 +806,22 @@ class AsyncSignal(Generic[P, R]):
         return receivers
 
     def has_listeners(self, sender: Any = None) -> bool:
-        """Whether a send from ``sender`` would reach anyone.
+        """Whether a send from ``sender`` would reach any receiver.
 
-        As in Django, ``has_listeners()`` with no sender counts only the receivers connected
-        for any sender.
+        Use it to skip building costly keyword arguments when nobody listens. A send with no
+        receiver is already cheap, so there is no need to guard a plain send with it. As in
+        Django, ``has_listeners()`` with no sender counts only the receivers connected for
+        every sender, not those connected for a particular one.
         """
         return any(e.listens_to(sender) and e.alive() for e in self._entries)
 
     @property
     def receivers(self) -> list[Callable[..., Any]]:
-        """Every live receiver, whatever its sender, in connection order."""
+        """Every live receiver, whatever sender it is connected for, in connection order.
+
+        A fresh list on each access, for inspecting the wiring; :meth:`receivers_for` gives
+        those one sender's send would call.
+        """
         return [r for r in (e.resolve() for e in self._entries if e.alive()) if r is not None]
 
     # -- sending ------------------------------------------------------------------------
@@ -690,7 +834,40 @@ class AsyncSignal(Generic[P, R]):
         async def send(
             self, *args: P.args, **kwargs: P.kwargs
         ) -> list[tuple[Callable[..., Any], R]]:
-            """Call every receiver for ``sender``; return ``[(receiver, result), ...]``."""
+            """Call every receiver connected for ``sender``; return ``[(receiver, result), ...]``.
+
+            ``await sig.send(sender, **kwargs)`` is the send to use when the event's side effects
+            are part of the caller's work: the caller waits for every receiver, and a receiver's
+            failure is the caller's failure. Each receiver is called as ``receiver(signal=sig,
+            sender=sender, **kwargs)``, in the caller's context (it sees the caller's context
+            variables); sync receivers run inline on the event loop (in a thread only if connected
+            with ``sync_to_thread=True``), async ones concurrently. With no receiver for ``sender``,
+            or inside :meth:`muted`, it returns ``[]`` at once.
+
+            When receivers raise, the ones still running are cancelled and an ``ExceptionGroup`` of
+            every failure is raised: always a group, even for one failure, as ``asyncio.TaskGroup``
+            does (Django raises a lone failure bare), so catch it with ``except* SomeError``. Use
+            :meth:`send_robust` when one receiver's failure must not stop the others, and
+            :meth:`send_nowait` when the caller should not wait at all.
+
+            :param args: the sender, alone: who sends (``sender=`` works too). A receiver connected
+                with ``sender=X`` gets only the sends from ``X``: by identity, except that ``str``,
+                ``bytes`` and ``int`` senders match by value. ``None`` reaches only the receivers
+                connected for every sender.
+            :param kwargs: the event's data, passed to every receiver (a typed signal checks the
+                names against its spec). ``concurrent``, ``timeout`` and ``max_concurrency`` are not
+                passed on: they override the signal's [dispatch
+                options](../guides/dispatch-options.md) for this call.
+            :returns: ``[(receiver, result), ...]`` in connection order, whatever order the
+                receivers finished in.
+            :raises ExceptionGroup: one or more receivers raised (a receiver past its ``timeout``
+                counts as raising ``TimeoutError``); the group is named ``"N receiver(s) of <signal>
+                raised"``.
+            :raises TypeError: the sender is missing or followed by another positional argument, a
+                keyword argument is named ``signal``, a dispatch option has a wrong type, or a typed
+                signal's keyword argument is missing or unknown.
+            """
+            # The same text as _send's docstring (what help() shows): keep the two in step.
             return await _send(self, *cast("tuple[Any, ...]", args), **kwargs)
 
     else:
@@ -699,11 +876,21 @@ class AsyncSignal(Generic[P, R]):
     def send_robust(
         self, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, list[tuple[Callable[..., Any], R | Exception]]]:
-        """Like :meth:`send`, but an ``Exception`` from a receiver is returned in its slot.
+        """Like :meth:`send`, but a receiver's ``Exception`` is returned in its slot, not raised.
 
-        ``await sig.send_robust(sender, **kwargs)``. Each failure is logged on the
-        ``asignals`` logger with the receiver named (a ``timeout`` as one line); the other
-        receivers carry on. Cancellation and other ``BaseException``\\ s are never swallowed.
+        ``await sig.send_robust(sender, **kwargs)`` is the send for side effects that must
+        not depend on each other or fail the caller: an audit log, a cache purge, a
+        notification. Every receiver runs to the end even when others fail; each failure is
+        logged on the ``asignals`` logger with the receiver named (a ``timeout`` as one line,
+        without a traceback) and returned instead of its result. Cancellation and any
+        other ``BaseException`` are never swallowed. Background sends (:meth:`send_nowait`) run
+        through it.
+
+        :param args: the sender, alone, as for :meth:`send`.
+        :param kwargs: the event's data, and optionally the dispatch options ``concurrent``,
+            ``timeout`` and ``max_concurrency``, as for :meth:`send`.
+        :returns: ``[(receiver, result_or_exception), ...]`` in connection order.
+        :raises TypeError: bad arguments, as for :meth:`send` (raised, not returned).
         """
         named: dict[str, Any] = kwargs
         named[_ROBUST] = True
@@ -736,18 +923,47 @@ class AsyncSignal(Generic[P, R]):
         return sender
 
     def send_nowait(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Schedule ``send_robust(sender, **kwargs)`` on the running dispatcher; return at once.
+        """Schedule ``send_robust(sender, **kwargs)`` in the background and return at once.
 
-        The receivers run later, in a task of the dispatcher (``async with
-        asignals.dispatcher():`` or the ASGI lifespan), with the caller's context variables.
-        Raises ``RuntimeError`` outside a dispatcher, :class:`asignals.BacklogFull` when its
-        backlog is full. Dispatch options are the signal's own.
+        For reactions the caller should not wait for (an email, a webhook, a search index
+        update) when the caller can still make the decision to send: the receivers run later,
+        in a task of the running :func:`~asignals.dispatcher` (``async with
+        asignals.dispatcher():``, or the ASGI ``lifespan``), with the context variables of the
+        moment of the call. Nothing is lost: leaving the dispatcher waits for every scheduled
+        send. Failures are logged, as by :meth:`send_robust`; the caller never sees them.
+
+        It also works from a worker thread started by AnyIO (a FastAPI/Starlette ``def``
+        endpoint). The keyword arguments are checked now (a typed signal's names, the
+        sender); the dispatch options are the signal's own, none can be passed per call. See
+        [Background sends](../guides/background.md).
+
+        :param args: the sender, alone, as for :meth:`send`.
+        :param kwargs: the event's data, as for :meth:`send`.
+        :raises RuntimeError: no dispatcher is running on this event loop; the message says
+            how to start one.
+        :raises ~asignals.BacklogFull: the dispatcher already has ``max_pending`` sends
+            scheduled and not finished (:meth:`send_later` waits for room instead).
+        :raises ~asignals.DispatcherClosed: the dispatcher is shutting down or has shut down.
+        :raises TypeError: bad arguments, as for :meth:`send`, or a dispatch option given.
         """
         sender = self._arguments("send_nowait", args, kwargs)
         background.submit(self, sender, kwargs)
 
     async def send_later(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Like :meth:`send_nowait`, but wait for room when the dispatcher's backlog is full."""
+        """Like :meth:`send_nowait`, but wait for room when the dispatcher's backlog is full.
+
+        ``await sig.send_later(sender, **kwargs)`` is for producers that may outrun the
+        receivers (an import job, a consumer loop): instead of failing with
+        :class:`~asignals.BacklogFull`, it waits until one of the dispatcher's pending sends
+        finishes, so the backlog applies back-pressure. It returns once the send is scheduled,
+        not when it has run.
+
+        :param args: the sender, alone, as for :meth:`send`.
+        :param kwargs: the event's data, as for :meth:`send`.
+        :raises RuntimeError: no dispatcher is running on this event loop.
+        :raises ~asignals.DispatcherClosed: the dispatcher shut down, also while it waited.
+        :raises TypeError: bad arguments, as for :meth:`send_nowait`.
+        """
         sender = self._arguments("send_later", args, kwargs)
         await background.submit_wait(self, sender, kwargs)
 
@@ -755,9 +971,19 @@ class AsyncSignal(Generic[P, R]):
         """Hold ``send_nowait(sender, **kwargs)`` until the current request has succeeded.
 
         For side effects that must not happen when the request fails (the confirmation email
-        of an order that a later step refuses): the send is delivered once the response went
-        out with a status the ``SignalsMiddleware`` delivers on (below 400 by default) and
-        dropped if the app raised. Raises ``RuntimeError`` outside a request served by it.
+        of an order that a later step refuses): the send is handed to the background
+        dispatcher, with the context variables of the moment of this call, once the response
+        went out with a status that :class:`~asignals.contrib.asgi.SignalsMiddleware` delivers
+        on (below 400 by default), after ``request_finished``. If the app raised, or the
+        status is refused, it is dropped (logged at DEBUG on ``asignals.asgi``). Held sends
+        go in call order. See [Request-bound sends](../guides/request-bound.md).
+
+        :param args: the sender, alone, as for :meth:`send`.
+        :param kwargs: the event's data, as for :meth:`send` (checked now).
+        :raises RuntimeError: not inside a request served by ``SignalsMiddleware``, or after
+            that request's held sends were delivered or dropped (code that outlived its
+            request, such as a task it started: use :meth:`send_nowait` there).
+        :raises TypeError: bad arguments, as for :meth:`send_nowait`.
         """
         sender = self._arguments("send_after_response", args, kwargs)
         _held.hold(self, sender, kwargs)
@@ -773,10 +999,23 @@ class AsyncSignal(Generic[P, R]):
     ) -> dict[str, Any]:
         """Wait for the next send of this signal from ``sender``; return its keyword arguments.
 
-        ``where(**kwargs)``, if given, must be true for the send to count. Every send counts:
-        in-process ones, background ones (``send_nowait``) and those a bridge delivers from
-        another process. Raises ``TimeoutError`` after ``timeout`` seconds. Nothing is
-        connected: the wait costs other sends nothing once it returns or is cancelled.
+        For code that must wait until something happened elsewhere (a test waiting for a
+        background receiver's chained event, a workflow step waiting for an approval): every
+        send counts, in-process ones, background ones (:meth:`send_nowait`) and those a
+        bridge delivers from another process. Nothing is connected: the waiter shows in no
+        receiver list, and once it returns or is cancelled it costs other sends nothing.
+        Only the sends that start after the call are seen.
+
+        :param sender: only sends from this sender count (matched as receivers' senders
+            are); :data:`~asignals.ANY` or ``None``: any sender.
+        :param where: a predicate called as ``where(**kwargs)`` on each candidate send; the
+            send counts only if it returns true. If it raises, the exception is raised from
+            here, not into the send.
+        :param timeout: seconds to wait at most; ``None`` waits for ever.
+        :returns: a new dict of the matching send's keyword arguments (without ``signal``
+            and ``sender``).
+        :raises TimeoutError: no matching send within ``timeout`` seconds.
+        :raises TypeError: ``where`` is not callable.
         """
         if where is not None and not callable(where):
             raise TypeError(f"wait_for(where=...) must be callable, got {where!r}")
@@ -802,9 +1041,16 @@ class AsyncSignal(Generic[P, R]):
     def connected_to(
         self, receiver: Callable[P, R | Awaitable[R]], sender: Any = None
     ) -> Generator[Callable[P, R | Awaitable[R]], None, None]:
-        """Connect ``receiver`` (strongly) for the ``with`` block only.
+        """Connect ``receiver`` for the ``with`` block only; the block gets the receiver.
 
-        If it was already connected for that sender, it stays connected afterwards.
+        For tests and temporary listeners: ``with sig.connected_to(fake, sender=Order): ...``
+        connects ``fake`` strongly (a lambda is fine) and disconnects it on leaving the block,
+        even on an exception. If it was already connected for that sender before the block,
+        it stays connected afterwards.
+
+        :param receiver: the receiver, as for :meth:`connect`.
+        :param sender: the sender it listens to, as for :meth:`connect`.
+        :raises TypeError: a receiver :meth:`connect` would refuse.
         """
         added = self._connect(receiver, sender, False, None, False)
         try:
@@ -815,7 +1061,13 @@ class AsyncSignal(Generic[P, R]):
 
     @contextmanager
     def muted(self) -> Generator[None, None, None]:
-        """Make every send of this signal a no-op returning ``[]`` for the ``with`` block."""
+        """Make every send of this signal a no-op returning ``[]`` for the ``with`` block.
+
+        For tests, fixtures and data imports that must not trigger the reactions (no email for
+        each loaded row): ``with post_save.muted(): ...``. It affects every task and thread
+        sending this signal while the block runs, not only the current one, and nests.
+        Keyword arguments are still checked; :meth:`wait_for` callers still see the sends.
+        """
         with self._lock:
             self._muted += 1
             self._silent = True
@@ -862,9 +1114,32 @@ def receiver(
     dispatch_uid: Hashable | None = None,
     sync_to_thread: bool = False,
 ) -> _Connector[_P, _R]:
-    """Decorator connecting the function to one signal or to each of a list of signals.
+    """Decorator that connects the function below it to a signal, or to each of several.
 
-    ``@receiver(order_placed, sender=Order)`` as in Django; the keywords are ``connect``'s.
+    The usual way to write a receiver, as in Django: the connection sits next to the code
+    that reacts, and happens when its module is imported (import it at startup, e.g. from
+    your app factory, or the receiver never runs). The function is returned unchanged, so it
+    can still be called and tested directly:
+
+    ```py
+    @receiver(order_placed, sender=Order)
+    async def email_customer(sender, *, order, **kwargs): ...
+
+    @receiver([post_save, post_delete], sender=Product)
+    def purge_cache(sender, *, instance, **kwargs): ...
+    ```
+
+    :param signal: an :class:`AsyncSignal`, or a list (any iterable) of them.
+    :param sender: only sends from this sender reach the function, as for
+        :meth:`AsyncSignal.connect`.
+    :param weak: as for :meth:`AsyncSignal.connect`. A module-level function lives as long
+        as its module, so the default is right for the decorator.
+    :param dispatch_uid: as for :meth:`AsyncSignal.connect`.
+    :param sync_to_thread: as for :meth:`AsyncSignal.connect`: run a blocking sync function
+        in a worker thread.
+    :returns: a decorator that connects the function and returns it.
+    :raises TypeError: ``signal`` is neither a signal nor a list of them; when decorating,
+        whatever :meth:`AsyncSignal.connect` refuses.
     """
     if isinstance(signal, AsyncSignal):
         signals: tuple[AsyncSignal[_P, _R], ...] = (signal,)
@@ -911,16 +1186,35 @@ def signal(
 ) -> Any:
     """Declare a typed signal from a spec function: ``@asignals.signal`` above a ``def``.
 
-    The function is never called: its parameters (``sender`` first, then keyword-only
-    arguments) are what every send passes, its return type what every receiver returns, its
-    name the signal's name and its docstring the signal's ``__doc__``::
+    The way to declare a signal whose arguments the type checkers know: mypy and pyright then
+    check every send and every receiver against the spec, and each send's keyword names are
+    checked at run time, so a misspelt argument fails where it is written instead of reaching
+    receivers as a missing value. The function is never called: its parameters (``sender``
+    first, then keyword-only arguments) are what every send passes, its return type what
+    every receiver returns, its name the signal's name and its docstring the signal's
+    ``__doc__``:
 
-        @asignals.signal
-        def order_placed(sender: type[Order], *, order: Order, total: Decimal) -> None:
-            \"\"\"Sent once an order is stored.\"\"\"
+    ```py
+    @asignals.signal
+    def order_placed(sender: type[Order], *, order: Order, total: Decimal) -> None:
+        \"\"\"Sent once an order is stored.\"\"\"
 
-    ``@asignals.signal(timeout=5)`` sets dispatch options. The same as
-    ``AsyncSignal(spec=fn, name=fn.__name__)``.
+    @asignals.signal(timeout=5)
+    def payment_failed(sender: type[Order], *, order: Order, reason: str) -> None: ...
+    ```
+
+    Used bare, it returns the :class:`AsyncSignal`; called with options, a decorator. It is
+    the same as ``AsyncSignal(spec=fn, name=fn.__name__)``. See
+    [Typed signals](../guides/typed-signals.md).
+
+    :param spec: the spec function (when used bare).
+    :param name: the signal's name instead of the function's.
+    :param concurrent: a [dispatch option](../guides/dispatch-options.md), as for
+        :class:`AsyncSignal`.
+    :param timeout: a dispatch option, as for :class:`AsyncSignal`.
+    :param max_concurrency: a dispatch option, as for :class:`AsyncSignal`.
+    :raises TypeError: the spec does not take the sender first and keyword-only arguments
+        after it, or uses a reserved name (``signal``, ``sender``, a dispatch option).
     """
 
     def make(fn: Callable[_P, _R]) -> AsyncSignal[_P, _R]:

@@ -1,37 +1,17 @@
-"""Background dispatch: ``send_nowait`` and the dispatcher that owns those sends.
+"""The background dispatcher: what runs ``send_nowait`` sends, bounds them and drains them.
 
-``sig.send_nowait(sender, **kw)`` must return at once, yet nothing it schedules may be lost or
-outlive the program silently. So every background send is a task in the task group of a
-:class:`Dispatcher` (``async with asignals.dispatcher():``), and leaving that block waits for all
-of them (optionally up to a deadline, after which the rest are cancelled and each is logged).
+A send the caller should not wait for (``sig.send_nowait(sender, **kw)``, ``await
+sig.send_later(...)``, a held ``send_after_response``) is a task of a :class:`Dispatcher`. Open
+one around the program with ``async with asignals.dispatcher():``, or give a Starlette/FastAPI
+app ``lifespan=asignals.contrib.asgi.lifespan``: every task on that event loop then finds it,
+request handlers included. It bounds how many sends may be pending (``max_pending``), and
+leaving the block, normally or with an exception, waits for every one of them (up to
+``drain_timeout``, after which the rest are cancelled and each is logged), so nothing scheduled
+is lost silently at shutdown. Once shutdown began it accepts only the sends its own running
+receivers chain; every other caller gets :class:`DispatcherClosed`.
 
-Finding "the current dispatcher" is the subtle part. ASGI servers run the lifespan in one task
-and every request in tasks created from the server's context, not the lifespan's, so a
-``ContextVar`` set when the lifespan opens the dispatcher is invisible to request handlers.
-Each open dispatcher is therefore also registered against its event loop (the asyncio loop, or
-trio's token): any task on that loop finds the first one opened there. A ``ContextVar`` takes
-precedence, so an explicitly nested ``async with dispatcher()`` captures the sends made inside
-its block, and a background receiver's own ``send_nowait`` goes to the dispatcher running it.
-
-Once the exit has begun, a dispatcher accepts only sends made *while one of its background sends
-runs* (by its receivers, the tasks they start and the threads they call into): those are part of
-the work being drained. Every other task is refused with :class:`DispatcherClosed`, also a task
-created inside the ``async with`` block, which inherits the block's ``ContextVar``: a periodic
-producer would otherwise keep the drain going for ever. So the background send's own task sets a
-second ``ContextVar`` (``_running_in``) to a record that is marked finished when that send ends.
-After the exit, a send on the same loop still raises :class:`DispatcherClosed`: the last
-dispatcher closed on each loop is remembered (its description only, keyed weakly by the loop,
-forgotten when a new dispatcher opens there), not the generic "no dispatcher" error.
-
-``send_nowait`` from a thread (a FastAPI/Starlette ``def`` endpoint runs in a worker thread of
-``anyio.to_thread``) hops to the event loop with ``anyio.from_thread.run_sync`` and waits for the
-submit there, in the calling thread's context. That costs a round trip to the loop, but keeps the
-contract of the loop's thread: ``BacklogFull``, ``DispatcherClosed`` and "no dispatcher" are
-raised to the caller at once. Remembering each dispatcher's loop and calling
-``loop.call_soon_threadsafe`` would return sooner, but would drop those errors into the loop's
-exception handler, i.e. lose a send silently, and would need a guess of which loop is meant. A
-thread AnyIO did not start cannot find the loop: it gets a ``RuntimeError`` showing how to hand
-the send over.
+The most used names are re-exported from :mod:`asignals`. See
+[Background sends](../guides/background.md).
 """
 
 from __future__ import annotations
@@ -66,8 +46,43 @@ __all__ = [
 
 logger = logging.getLogger("asignals.background")
 
-#: Default bound on background sends that are scheduled and not finished yet.
-DEFAULT_MAX_PENDING: Final = 10_000
+# How it works.
+#
+# Finding "the current dispatcher" is the subtle part. ASGI servers run the lifespan in one task
+# and every request in tasks created from the server's context, not the lifespan's, so a
+# ``ContextVar`` set when the lifespan opens the dispatcher is invisible to request handlers.
+# Each open dispatcher is therefore also registered against its event loop (the asyncio loop, or
+# trio's token): any task on that loop finds the first one opened there. A ``ContextVar`` takes
+# precedence, so an explicitly nested ``async with dispatcher()`` captures the sends made inside
+# its block, and a background receiver's own ``send_nowait`` goes to the dispatcher running it.
+#
+# Once the exit has begun, a dispatcher accepts only sends made *while one of its background sends
+# runs* (by its receivers, the tasks they start and the threads they call into): those are part of
+# the work being drained. Every other task is refused with :class:`DispatcherClosed`, also a task
+# created inside the ``async with`` block, which inherits the block's ``ContextVar``: a periodic
+# producer would otherwise keep the drain going for ever. So the background send's own task sets a
+# second ``ContextVar`` (``_running_in``) to a record that is marked finished when that send ends.
+# After the exit, a send on the same loop still raises :class:`DispatcherClosed`: the last
+# dispatcher closed on each loop is remembered (its description only, keyed weakly by the loop,
+# forgotten when a new dispatcher opens there), not the generic "no dispatcher" error.
+#
+# ``send_nowait`` from a thread (a FastAPI/Starlette ``def`` endpoint runs in a worker thread of
+# ``anyio.to_thread``) hops to the event loop with ``anyio.from_thread.run_sync`` and waits for the
+# submit there, in the calling thread's context. That costs a round trip to the loop, but keeps the
+# contract of the loop's thread: ``BacklogFull``, ``DispatcherClosed`` and "no dispatcher" are
+# raised to the caller at once. Remembering each dispatcher's loop and calling
+# ``loop.call_soon_threadsafe`` would return sooner, but would drop those errors into the loop's
+# exception handler, i.e. lose a send silently, and would need a guess of which loop is meant. A
+# thread AnyIO did not start cannot find the loop: it gets a ``RuntimeError`` showing how to hand
+# the send over.
+
+DEFAULT_MAX_PENDING: Final[int] = 10_000
+"""The default ``max_pending`` of :func:`dispatcher`: background sends scheduled and unfinished.
+
+Large enough that an ordinary app never meets it, small enough that a producer outrunning its
+receivers fails with :class:`BacklogFull` long before the pending sends exhaust memory. Pass
+``max_pending=`` to :func:`dispatcher` (or to ``make_lifespan``) to choose another bound.
+"""
 
 _NO_DISPATCHER: Final = (
     "send_nowait() needs a running dispatcher: wrap your program in "
@@ -101,11 +116,26 @@ _closed_on: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
 class BacklogFull(RuntimeError):
-    """``send_nowait`` found ``max_pending`` background sends already scheduled."""
+    """Raised by ``send_nowait`` when the dispatcher already has ``max_pending`` sends pending.
+
+    It means the receivers cannot keep up with the sends: nothing was scheduled, and the
+    caller decides what to do. Use ``await sig.send_later(...)`` instead where the producer can
+    wait for room (back-pressure), raise ``max_pending`` in :func:`dispatcher` if the burst is
+    expected, or catch it to shed load. A ``RuntimeError``, so code written for "no
+    dispatcher" errors catches it too.
+    """
 
 
 class DispatcherClosed(RuntimeError):
-    """The dispatcher is draining or closed and accepts no new background sends."""
+    """Raised by a background send made once the dispatcher has begun to shut down, or after.
+
+    While a dispatcher drains on exit, it accepts only the sends chained by its own running
+    background receivers (they are part of the work being drained); any other task, a
+    periodic producer for instance, gets this error, so the drain cannot go on for ever.
+    After the exit, a send on the same event loop gets it too, rather than the generic "no
+    dispatcher". Send before shutdown, ``await sig.send(...)`` instead, or open a new
+    dispatcher. A ``RuntimeError``, as the "no dispatcher" error is.
+    """
 
 
 class _Run:
@@ -145,13 +175,22 @@ def _loop_key() -> object | None:
 class Dispatcher:
     """Owns background sends: their tasks, a bounded backlog and a drain on exit.
 
-    Use it through :func:`dispatcher`. ``pending`` is the number of background sends scheduled
-    and not finished; ``peak_pending`` its highest value so far; ``submitted`` the total count.
+    Create it with :func:`dispatcher` (the same arguments) and enter it once with ``async
+    with``; ``sig.send_nowait(...)`` inside the block, and from any task or AnyIO worker
+    thread on the same event loop, schedules there. Its counters are for monitoring and
+    tests: expose ``pending`` as a gauge, check ``peak_pending`` against ``max_pending``.
+    :func:`current_dispatcher` finds the one in use.
 
-    The sends are plain asyncio tasks (an AnyIO task group costs several times more per send)
-    or, on trio, children of a nursery, each shielded so that cancelling the ``async with``
-    block does not cancel them: the drain on exit decides their fate, on both backends alike.
-    On trio the block must be exited in the task that entered it, as for any nursery.
+    Cancelling the ``async with`` block does not cancel the pending sends: the drain on exit
+    decides their fate (``drain_timeout``), on asyncio and trio alike. On trio the block must
+    be exited in the task that entered it, as for any nursery.
+
+    :param max_pending: the most background sends scheduled and not finished at once
+        (``None``: unbounded); see :func:`dispatcher`.
+    :param drain_timeout: seconds the exit waits for pending sends before cancelling them
+        (``None``: as long as they take); see :func:`dispatcher`.
+    :raises ValueError: ``max_pending`` is not a positive int or ``None``, or
+        ``drain_timeout`` is negative.
     """
 
     def __init__(
@@ -166,11 +205,27 @@ class Dispatcher:
             raise ValueError(f"max_pending must be a positive int or None; got {max_pending!r}")
         if drain_timeout is not None and not drain_timeout >= 0:
             raise ValueError(f"drain_timeout must be >= 0 seconds or None; got {drain_timeout!r}")
-        self.max_pending = max_pending
-        self.drain_timeout = drain_timeout
-        self.pending = 0
-        self.peak_pending = 0
-        self.submitted = 0
+        self.max_pending: int | None = max_pending
+        """The bound on pending sends: past it ``send_nowait`` raises, ``send_later`` waits.
+
+        ``None`` for no bound. Fixed when the dispatcher is entered: change it before that.
+        """
+        self.drain_timeout: float | None = drain_timeout
+        """Seconds the exit waits for pending sends before cancelling and logging them.
+
+        ``None`` waits as long as they take. Read at exit, so it may be changed before then
+        (to shorten the drain when shutdown must be quick).
+        """
+        self.pending: int = 0
+        """Background sends scheduled and not finished yet (running or waiting to run).
+
+        The backlog's current size: a number that keeps growing means the receivers are
+        slower than the sends. Zero once the exit has drained.
+        """
+        self.peak_pending: int = 0
+        """The highest ``pending`` reached so far: how close the backlog came to its bound."""
+        self.submitted: int = 0
+        """How many background sends this dispatcher has accepted in all."""
         self._state = _NEW
         self._waiting = 0  # send_later callers blocked on a full backlog
         self._deadline_passed = False
@@ -303,7 +358,21 @@ class Dispatcher:
         raise _closed_error(repr(self))
 
     def submit(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
-        """Schedule ``signal.send_robust(sender, **kwargs)`` now or raise :class:`BacklogFull`."""
+        """Schedule ``signal.send_robust(sender, **kwargs)`` on this dispatcher, now.
+
+        The step under ``send_nowait``, for code that holds a dispatcher and wants to schedule
+        on that one, not on whichever is current (an integration that opens its own). Unlike
+        ``send_nowait`` it does not check the keyword arguments against a typed signal's spec,
+        and it keeps ``kwargs`` itself until the send runs: do not change the dict afterwards.
+
+        :param signal: the signal to send.
+        :param sender: the sender, as for :meth:`~asignals.AsyncSignal.send`.
+        :param kwargs: the keyword arguments of the send.
+        :raises BacklogFull: ``max_pending`` sends are already pending.
+        :raises DispatcherClosed: the dispatcher is shutting down (and the caller is not one of
+            its running sends) or has shut down.
+        :raises RuntimeError: the dispatcher was not entered yet.
+        """
         self._check_accepting()
         room = self._room
         if room is not None:
@@ -318,7 +387,12 @@ class Dispatcher:
         self._spawn(signal, sender, kwargs)
 
     async def submit_wait(self, signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
-        """Like :meth:`submit`, but wait for room when the backlog is full."""
+        """Like :meth:`submit`, but wait for room when the backlog is full: ``send_later``'s step.
+
+        :raises DispatcherClosed: the dispatcher is shutting down or has shut down, also when
+            that happened while this call waited for room.
+        :raises RuntimeError: the dispatcher was not entered yet.
+        """
         self._check_accepting()
         room = self._room
         if room is not None:
@@ -421,20 +495,39 @@ _REPR.maxlevel = 3
 def dispatcher(
     *, max_pending: int | None = DEFAULT_MAX_PENDING, drain_timeout: float | None = None
 ) -> Dispatcher:
-    """The supervisor of background sends, as an async context manager.
+    """The supervisor of background sends, as an async context manager: open it around your app.
 
-    ``async with asignals.dispatcher():`` makes ``sig.send_nowait(...)`` work inside the block
-    and from any task on the same event loop; leaving the block, normally or with an exception,
-    waits for every pending send. ``max_pending`` bounds the sends scheduled and not finished
-    (``send_nowait`` raises :class:`BacklogFull` past it; ``send_later`` waits; ``None`` means
-    unbounded). ``drain_timeout`` (seconds) bounds the wait on exit: sends still running then
-    are cancelled and each is logged.
+    ``async with asignals.dispatcher():`` is what makes ``sig.send_nowait(...)``,
+    ``send_later`` and held ``send_after_response`` sends work, inside the block and from any
+    task on the same event loop (ASGI request handlers run in tasks the lifespan did not
+    start, and still find it). Leaving the block, normally or with an exception, waits for
+    every pending send, so nothing scheduled is lost at shutdown. In a Starlette or FastAPI
+    app, ``lifespan=asignals.contrib.asgi.lifespan`` opens one for the app's lifetime.
+
+    Nested dispatchers are allowed: sends made inside the inner block, and by its background
+    receivers, go to the inner one. Each dispatcher can be entered once.
+
+    :param max_pending: the most background sends scheduled and not finished at once: past
+        it ``send_nowait`` raises :class:`BacklogFull` and ``send_later`` waits for room.
+        ``None`` means unbounded (only when the producer is bounded some other way).
+    :param drain_timeout: seconds the exit waits for pending sends; those still running then
+        are cancelled and each is logged at ERROR on ``asignals.background`` with its
+        receivers. ``None`` waits as long as they take; set it where the process must stop
+        within a deadline (a container's grace period).
+    :returns: a new, not yet entered :class:`Dispatcher`.
+    :raises ValueError: a bad ``max_pending`` or ``drain_timeout``.
     """
     return Dispatcher(max_pending=max_pending, drain_timeout=drain_timeout)
 
 
 def current_dispatcher() -> Dispatcher | None:
-    """The dispatcher ``send_nowait`` would use here, or None (also None while it drains)."""
+    """The dispatcher ``send_nowait`` would use here and now, or ``None``.
+
+    For code that must decide between a background send and a direct one (a library that
+    may run with or without a dispatcher), and for reading the counters of the one in use.
+    ``None`` when no dispatcher is open on this event loop, while the one found drains, and
+    off the event loop's thread (even in a worker thread, where ``send_nowait`` still works).
+    """
     try:
         found = _find(_loop_key())
     except RuntimeError:
@@ -461,7 +554,18 @@ def _find(loop: object | None) -> Dispatcher:
 
 
 def submit(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
-    """Schedule ``signal.send_robust(sender, **kwargs)`` on the current dispatcher."""
+    """Schedule ``signal.send_robust(sender, **kwargs)`` on the current dispatcher.
+
+    What ``send_nowait`` does once it has checked its arguments, for integrations that
+    already hold the sender and a keyword-argument dict (a bridge delivering a decoded
+    event): the keyword names are not checked against a typed signal's spec, and ``kwargs``
+    is kept until the send runs, so do not change it afterwards. From a worker thread started
+    by AnyIO it hops to the event loop and waits for the submit there.
+
+    :raises RuntimeError: no dispatcher on this event loop, or no event loop reachable.
+    :raises BacklogFull: the dispatcher's backlog is full.
+    :raises DispatcherClosed: the dispatcher is shutting down or has shut down.
+    """
     loop = _loop_key()
     if loop is None:
         _submit_from_thread(signal, sender, kwargs)
@@ -493,5 +597,5 @@ def _submit_from_thread(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]
 
 
 async def submit_wait(signal: AsyncSignal, sender: Any, kwargs: dict[str, Any]) -> None:
-    """Like :func:`submit`, but wait for room when the backlog is full."""
+    """Like :func:`submit`, but wait for room when the backlog is full: ``send_later``'s step."""
     await _find(_loop_key()).submit_wait(signal, sender, kwargs)

@@ -1,25 +1,33 @@
-"""Test helpers, and the pytest plugin (``pytest11`` entry point) that provides them as fixtures.
+"""Test helpers: assert which signals your code sent, with which arguments, without receivers.
 
-``signal_recorder`` records every send of the signals you choose: the signal, the sender, the
-keyword arguments and the results (or the error the send raised), in the order the sends
-finished. It works for ``send``, ``send_robust`` and background sends (``send_nowait``,
-``send_later``, recorded when the dispatcher runs them), under pytest-asyncio, AnyIO's pytest
-plugin or no plugin at all: the fixture itself is synchronous. ``send_after_response`` sends
-are recorded when delivered; those dropped because their request failed are in ``dropped``.
+Installing asignals registers a pytest plugin (a ``pytest11`` entry point) that provides the
+``signal_recorder`` fixture: a :class:`SignalRecorder` that records every send of the signals
+you choose, the signal, the sender, the keyword arguments and the results (or the error the
+send raised), in the order the sends finished. Use it to test the sending side of a feature
+("placing an order sends ``order_placed`` with the total") without connecting receivers, and
+to wait for background sends:
 
-Why the recorder wraps the signal's ``send``/``send_robust`` instead of connecting a receiver:
-a receiver cannot see the other receivers' results, it shows up in ``has_listeners()`` and in
-those results, and it misses sends of a signal that is muted or has no receivers yet. The
-wrapper is an instance attribute put on the signal for the duration of the test and removed on
-teardown; the signal's behaviour is otherwise untouched.
+```py
+async def test_order_placed(signal_recorder):
+    signal_recorder.watch(order_placed)
+    await place_order(total=10)
+    signal_recorder.assert_sent(order_placed, sender=Order, total=10)
+```
 
-::
-
-    async def test_order_placed(signal_recorder):
-        signal_recorder.watch(order_placed)
-        await place_order(total=10)
-        signal_recorder.assert_sent(order_placed, sender=Order, total=10)
+It records ``send`` and ``send_robust``, and background sends (``send_nowait``,
+``send_later``) when the dispatcher runs them; ``send_after_response`` sends when they are
+delivered, and those dropped because their request failed in :attr:`SignalRecorder.dropped`.
+It works under pytest-asyncio, AnyIO's pytest plugin or no plugin at all: the fixture itself
+is synchronous. To test receivers instead, send the signal, or use
+:meth:`~asignals.AsyncSignal.connected_to` and :meth:`~asignals.AsyncSignal.muted`. See
+[Testing](../guides/testing.md).
 """
+
+# Why the recorder wraps the signal's ``send``/``send_robust`` instead of connecting a receiver:
+# a receiver cannot see the other receivers' results, it shows up in ``has_listeners()`` and in
+# those results, and it misses sends of a signal that is muted or has no receivers yet. The
+# wrapper is an instance attribute put on the signal for the duration of the test and removed on
+# teardown; the signal's behaviour is otherwise untouched.
 
 from __future__ import annotations
 
@@ -53,18 +61,33 @@ _recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 @dataclass(frozen=True)
 class SentSignal:
-    """One recorded send. ``results`` is ``[(receiver, result), ...]`` as the send returned it,
-    or None when the send raised ``error``; ``robust`` tells ``send_robust`` from ``send``."""
+    """One recorded send, as :class:`SignalRecorder` keeps it in ``sends``.
+
+    The assertion helpers return one, for the checks they do not cover: what a receiver
+    returned (``sent.results``), which receivers ran (``sent.receivers``), whether the send
+    failed (``sent.error``). Frozen: a recorded send does not change.
+    """
 
     signal: AsyncSignal
+    """The signal that was sent."""
     sender: Any
+    """The sender the send was made with."""
     kwargs: dict[str, Any]
+    """The keyword arguments of the send, without ``signal``, ``sender`` and dispatch options."""
     results: list[tuple[Any, Any]] | None
+    """``[(receiver, result), ...]`` as the send returned it, or ``None`` when it raised.
+
+    For ``send_robust``, a receiver's exception is its result.
+    """
     error: BaseException | None = None
+    """What the send raised (an ``ExceptionGroup`` for failing receivers), or ``None``."""
     robust: bool = False
+    """``True`` for ``send_robust`` (and background sends, which run through it)."""
     receivers: list[str] = field(default_factory=list[str])
+    """The names of the receivers in ``results``, in connection order, as messages show them."""
 
     def describe(self) -> str:
+        """The send on one line, as the assertion messages list it."""
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
         head = f"{self.signal!r} sender={self.sender!r}" + (f", {args}" if args else "")
         if self.error is not None:
@@ -74,26 +97,43 @@ class SentSignal:
 
 @dataclass(frozen=True)
 class DroppedSend:
-    """A ``send_after_response`` dropped because its request failed: ``status`` is the
-    response status (None when none was sent), ``exception`` what the app raised (or None)."""
+    """A ``send_after_response`` that was dropped because its request failed.
+
+    :attr:`SignalRecorder.dropped` holds them, so a test can check that a failing request
+    sends nothing (``assert not signal_recorder.of(order_confirmed)``) and why it was dropped.
+    """
 
     signal: AsyncSignal
+    """The signal that would have been sent."""
     sender: Any
+    """Its sender."""
     kwargs: dict[str, Any]
+    """Its keyword arguments."""
     status: int | None
+    """The response status that ``deliver_on`` refused, or ``None`` when no response was sent."""
     exception: BaseException | None
+    """What the app (or ``deliver_on``) raised, or ``None`` when the status alone was refused."""
 
 
 class SignalRecorder:
-    """Records every send of the watched signals; see the module docstring.
+    """Records every send of the watched signals, for assertions on what code sent.
 
-    Also usable without pytest: ``with SignalRecorder(sig_a, sig_b) as rec: ...``.
+    In pytest, take the ``signal_recorder`` fixture, which closes it after the test. Outside
+    pytest (a unittest case, a script), use it as a context manager:
+    ``with SignalRecorder(order_placed, order_cancelled) as rec: ...``. Recording wraps each
+    watched signal's ``send`` and ``send_robust`` on the instance; nothing is connected, so
+    ``has_listeners()``, receivers' results and muted signals behave as without it. Iterating
+    it gives the recorded sends, ``len()`` their number.
+
+    :param signals: the signals to watch from the start (more with :meth:`watch`).
+    :raises TypeError: one of ``signals`` is not an :class:`~asignals.AsyncSignal`.
     """
 
     def __init__(self, *signals: AsyncSignal) -> None:
         self.sends: list[SentSignal] = []
-        #: The held sends of watched signals that were dropped, oldest first.
+        """Every recorded send of the watched signals, in the order the sends finished."""
         self.dropped: list[DroppedSend] = []
+        """The held sends of watched signals that were dropped, oldest first."""
         self._wrapped: list[tuple[AsyncSignal, str, Callable[..., Any]]] = []
         self._active = True
         _held.observers.append(self._on_drop)
@@ -102,7 +142,13 @@ class SignalRecorder:
     # -- watching -----------------------------------------------------------------------
 
     def watch(self, *signals: AsyncSignal) -> SignalRecorder:
-        """Start recording these signals (watching one twice records it once). Returns self."""
+        """Start recording these signals; return the recorder, for chaining.
+
+        Watch the signals a test is about before the code under test runs: sends made
+        earlier are not recorded. Watching a signal twice records it once.
+
+        :raises TypeError: one of ``signals`` is not an :class:`~asignals.AsyncSignal`.
+        """
         for signal in signals:
             if not isinstance(signal, AsyncSignal):
                 raise TypeError(f"SignalRecorder.watch() takes AsyncSignals, got {signal!r}")
@@ -169,7 +215,11 @@ class SignalRecorder:
             self.dropped.append(DroppedSend(signal, sender, kwargs, status, exception))
 
     def close(self) -> None:
-        """Stop recording and take the wrappers off the signals."""
+        """Stop recording and take the wrappers off the signals; what was recorded stays.
+
+        The fixture and the ``with`` block call it; call it yourself for a recorder made
+        otherwise, or a signal keeps the wrapper (and the recorder) after the test.
+        """
         self._active = False
         if self._on_drop in _held.observers:
             _held.observers.remove(self._on_drop)
@@ -191,11 +241,19 @@ class SignalRecorder:
     # -- reading ------------------------------------------------------------------------
 
     def of(self, signal: AsyncSignal) -> list[SentSignal]:
-        """The recorded sends of one signal, oldest first."""
+        """The recorded sends of one signal, oldest first, for checks of your own.
+
+        ``assert [s.kwargs["total"] for s in rec.of(order_placed)] == [10, 20]``; an empty
+        list when it was never sent (or not watched).
+        """
         return [s for s in self.sends if s.signal is signal]
 
     def clear(self) -> None:
-        """Forget what was recorded so far (keep watching)."""
+        """Forget what was recorded so far, sends and dropped sends; keep watching.
+
+        For a test in several steps: clear after the setup, so the assertions see only the
+        sends of the step under test.
+        """
         self.sends.clear()
         self.dropped.clear()
 
@@ -212,8 +270,17 @@ class SignalRecorder:
     ) -> SentSignal:
         """Assert ``signal`` was sent (from ``sender``, with at least these keyword arguments).
 
-        ``times`` asks for exactly that many matching sends. Returns the last matching send.
-        The failure message lists every recorded send of the signal and why each did not match.
+        The assertion for the sending side of a feature: keyword arguments not named are not
+        compared, so a test states only what it is about. Values compare with ``==`` (a
+        ``NaN`` equals a ``NaN``); ``sender`` is compared only when given. On failure the
+        message lists every recorded send of the signal and why each did not match.
+
+        :param signal: the watched signal.
+        :param sender: the sender the send must have been made with.
+        :param times: exactly this many matching sends (default: at least one).
+        :param kwargs: keyword arguments the send must have had, with these values.
+        :returns: the last matching send, for further checks.
+        :raises AssertionError: no (or not ``times``) matching sends.
         """
         __tracebackhide__ = True
         matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
@@ -232,7 +299,15 @@ class SignalRecorder:
         )
 
     def assert_not_sent(self, signal: AsyncSignal, *, sender: Any = _ANY, **kwargs: Any) -> None:
-        """Assert no recorded send of ``signal`` matches ``sender`` and ``kwargs``."""
+        """Assert no recorded send of ``signal`` matches ``sender`` and ``kwargs``.
+
+        For the paths that must stay quiet (a refused order sends no ``order_placed``). With
+        no ``sender`` and no ``kwargs`` it asserts the signal was not sent at all; with some,
+        that no send matched them. Background sends are recorded when they run: let the
+        dispatcher drain first, or the assertion may pass too early.
+
+        :raises AssertionError: a matching send was recorded; the message lists them.
+        """
         __tracebackhide__ = True
         matching = [s for s in self.of(signal) if _mismatch(s, sender, kwargs) is None]
         if matching:
@@ -250,8 +325,15 @@ class SignalRecorder:
         timeout: float = 5.0,
         **kwargs: Any,
     ) -> SentSignal:
-        """Wait until ``times`` matching sends were recorded: for ``send_nowait``, whose send
-        runs later on the dispatcher. Fails like :meth:`assert_sent` after ``timeout`` seconds.
+        """Wait until ``times`` matching sends were recorded; return the one that made the count.
+
+        For background sends (``send_nowait``, ``send_later``), which are recorded when the
+        dispatcher runs them, after the call that made them has returned.
+        Matching is :meth:`assert_sent`'s; a matching send recorded before the call counts.
+
+        :param timeout: seconds to wait at most.
+        :raises AssertionError: fewer than ``times`` matching sends after ``timeout`` seconds,
+            with :meth:`assert_sent`'s message.
         """
         __tracebackhide__ = True
         deadline = time.monotonic() + timeout
@@ -311,9 +393,11 @@ def _mismatch(sent: SentSignal, sender: Any, kwargs: dict[str, Any]) -> str | No
 
 @pytest.fixture
 def signal_recorder() -> Iterator[SignalRecorder]:
-    """A :class:`SignalRecorder` watching nothing yet: ``signal_recorder.watch(sig)``.
+    """Pytest fixture: a :class:`SignalRecorder` watching nothing yet, closed after the test.
 
-    Everything it wrapped is restored when the test ends.
+    Take it as a test argument and call ``signal_recorder.watch(sig)`` for the signals the
+    test is about; everything it wrapped is restored when the test ends, pass or fail. It is
+    synchronous, so it works in sync tests and under any async test plugin.
     """
     recorder = SignalRecorder()
     try:

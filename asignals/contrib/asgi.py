@@ -1,5 +1,10 @@
 """Request signals for any ASGI app, and a lifespan that runs the background dispatcher.
 
+Use it in a Starlette, FastAPI or other ASGI app: the middleware lets receivers react to every
+request (metrics, error reporting, cleanup) and makes ``send_after_response`` work; the
+lifespan makes ``send_nowait`` work in request handlers and drains it at shutdown. See
+[FastAPI and ASGI](../guides/fastapi.md) and [Request-bound sends](../guides/request-bound.md).
+
 :class:`SignalsMiddleware` is pure ASGI (no Starlette import) so it wraps Starlette, FastAPI,
 Quart, Litestar or a bare ASGI callable alike. For every ``http`` and ``websocket`` connection
 it sends, as Django's handlers do:
@@ -45,10 +50,15 @@ from ..signals import got_request_exception, request_finished, request_started
 __all__ = ["SignalsMiddleware", "lifespan", "make_lifespan"]
 
 Scope = MutableMapping[str, Any]
+"""An ASGI connection scope (``scope["type"]``, ``scope["path"]``, ...), as the server passes it."""
 Message = MutableMapping[str, Any]
+"""An ASGI event message (``{"type": "http.response.start", "status": 200, ...}``)."""
 Receive = Callable[[], Awaitable[Message]]
+"""The ASGI ``receive`` callable: awaits the next message from the client."""
 Send = Callable[[Message], Awaitable[None]]
+"""The ASGI ``send`` callable: sends one message to the client."""
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""An ASGI application: ``await app(scope, receive, send)``. What the middleware wraps."""
 
 _AppT = TypeVar("_AppT")
 _StateT = TypeVar("_StateT")
@@ -124,13 +134,33 @@ def _check_lifespan(user_lifespan: object) -> None:
 
 
 class SignalsMiddleware:
-    """ASGI middleware sending ``request_started``, ``request_finished`` and
-    ``got_request_exception`` for every HTTP request and websocket connection, and delivering
-    the sends held by ``send_after_response`` when the request succeeded.
+    """ASGI middleware: the request signals for every request, and the held sends' delivery.
 
-    ``deliver_on(status) -> bool`` decides which HTTP response statuses count as success for
-    held sends (default: ``status < 400``); ``deliver_on=lambda status: status < 500`` also
-    delivers on client errors. Other scopes (``lifespan``) pass straight through.
+    Add it to any ASGI app to send ``request_started``, ``got_request_exception`` and
+    ``request_finished`` for every HTTP request and websocket connection (the module's
+    documentation says when each is sent), and to make
+    :meth:`~asignals.AsyncSignal.send_after_response` work inside requests: the sends it holds
+    are delivered once the request succeeded, and dropped otherwise. It is pure ASGI, so it
+    wraps Starlette, FastAPI, Quart, Litestar or a bare ASGI callable alike; other scopes
+    (``lifespan``) pass straight through:
+
+    ```py
+    app = FastAPI(lifespan=asignals.contrib.asgi.lifespan)
+    app.add_middleware(SignalsMiddleware)  # any other ASGI app: SignalsMiddleware(app)
+    ```
+
+    :param app: the ASGI application to wrap (``app.add_middleware`` passes it).
+    :param sender: the sender of the request signals; by default ``scope["app"]`` when the
+        framework sets it (Starlette and FastAPI do), else ``app``. Pass one to tell apart the
+        apps of one process, or to use a constant (``sender="api"``).
+    :param deliver_on: ``deliver_on(status) -> bool`` decides which HTTP response statuses
+        count as success for held sends (default: ``status < 400``);
+        ``deliver_on=lambda status: status < 500`` also delivers on client errors. If it
+        raises, the held sends are dropped and the error is logged. A websocket connection
+        delivers when its app returns without raising.
+    :raises TypeError: ``app`` is not an ASGI application instance (an import string, a class,
+        a callable that does not take ``scope, receive, send``), or ``deliver_on`` is not
+        callable.
     """
 
     __slots__ = ("_deliver_on", "_sender", "app")
@@ -149,7 +179,8 @@ class SignalsMiddleware:
                 f"such as `lambda status: status < 400`; got {deliver_on!r} of type "
                 f"{type(deliver_on).__name__}"
             )
-        self.app = app
+        self.app: ASGIApp = app
+        """The wrapped ASGI application, called for every scope."""
         self._sender = sender
         self._deliver_on = deliver_on
 
@@ -264,11 +295,24 @@ def make_lifespan(
 ) -> Callable[[_AppT], AbstractAsyncContextManager[_StateT | None]]:
     """A Starlette/FastAPI ``lifespan`` that runs a background dispatcher, around your own.
 
-    ``FastAPI(lifespan=make_lifespan(my_lifespan, drain_timeout=10))``. The dispatcher opens
-    after your lifespan's startup code and is drained before its shutdown code, so background
-    receivers can use what your lifespan sets up (database pools, clients) until the last
-    queued send has finished. Whatever your lifespan yields (Starlette's lifespan state) is
-    passed through.
+    Use it instead of :func:`lifespan` when the app has a lifespan of its own, or to set the
+    dispatcher's options: ``FastAPI(lifespan=make_lifespan(my_lifespan, drain_timeout=10))``.
+    The dispatcher opens after your lifespan's startup code and is drained before its shutdown
+    code, so background receivers can use what your lifespan sets up (database pools,
+    clients) until the last queued send has finished. Whatever your lifespan yields
+    (Starlette's lifespan state) is passed through.
+
+    :param user_lifespan: your lifespan function, ``lifespan(app)`` returning an async context
+        manager (an ``@asynccontextmanager`` function, as FastAPI's ``lifespan=`` takes), or
+        ``None`` for none.
+    :param max_pending: the dispatcher's bound on pending background sends, as for
+        :func:`asignals.dispatcher`.
+    :param drain_timeout: seconds the shutdown waits for pending sends before cancelling
+        them, as for :func:`asignals.dispatcher`; set it below your server's shutdown grace
+        period.
+    :returns: the lifespan function to pass to the app.
+    :raises TypeError: ``user_lifespan`` is not a lifespan function (a bare async generator
+        function, an already created context manager, something not callable with the app).
     """
     if user_lifespan is not None:
         _check_lifespan(user_lifespan)
@@ -294,6 +338,12 @@ _default_lifespan: Callable[[object], AbstractAsyncContextManager[None]] = make_
 def lifespan(app: object) -> AbstractAsyncContextManager[None]:
     """``FastAPI(lifespan=asignals.contrib.asgi.lifespan)``: a dispatcher for the app's life.
 
-    Default options; use :func:`make_lifespan` to set them or to wrap a lifespan of your own.
+    The one line that makes ``send_nowait`` work in request handlers of an app with no
+    lifespan of its own: a background dispatcher opens at startup and is drained at shutdown,
+    so no queued send is lost when the server stops. It has the default options
+    (:data:`~asignals.background.DEFAULT_MAX_PENDING`, no drain deadline); use
+    :func:`make_lifespan` to set them or to wrap a lifespan of your own.
+
+    :param app: the application, as the framework passes it.
     """
     return _default_lifespan(app)

@@ -1,4 +1,8 @@
-"""Django's model signals for Tortoise ORM models.
+"""Django's model signals for Tortoise ORM models: call :func:`install` after ``Tortoise.init()``.
+
+Use it to react to saves and deletes of Tortoise models with ordinary asignals receivers, sync
+or async, filtered by ``sender=`` (the model class), with the same code as for SQLAlchemy or
+Django. See [Model signals](../guides/models.md#tortoise-orm).
 
 Tortoise has its own per-model signals (``tortoise.signals``): async-only listeners called
 positionally as ``(sender, instance, using_db, update_fields)``, awaited inside ``Model.save()``
@@ -81,10 +85,20 @@ _LISTENERS: tuple[tuple[Signals, Callable[..., Any]], ...] = (
 
 
 def install(*models: type[Model]) -> None:
-    """Send the model signals for ``models``; with none, for every model Tortoise knows.
+    """Make ``models`` send the model signals; with no argument, every model Tortoise knows.
 
-    Tortoise registers listeners per concrete model class, so call this after
-    ``Tortoise.init()`` (or pass the classes). Installing twice is harmless.
+    Call it once at startup, after ``await Tortoise.init(...)`` (Tortoise registers listeners
+    per concrete model class, so only the models known by then are covered; pass classes to
+    cover some only, or models added later). From then on ``save()`` (and ``create()``) sends
+    ``pre_save``/``post_save`` and ``delete()`` sends ``pre_delete``/``post_delete``, awaited
+    inside the call: a ``pre_save`` receiver can change the instance before it is written, and
+    a receiver's exception propagates out of ``save()``/``delete()``. ``add()``, ``remove()``
+    and ``clear()`` of their many-to-many relations send ``m2m_changed``. Installing twice is
+    harmless.
+
+    :param models: Tortoise ``Model`` classes; none for every model of ``Tortoise.apps``.
+    :raises RuntimeError: no models given and Tortoise is not initialised yet.
+    :raises TypeError: something other than a Tortoise ``Model`` class was given.
     """
     if not models:
         apps = Tortoise.apps
@@ -107,7 +121,15 @@ def install(*models: type[Model]) -> None:
 
 
 def uninstall(*models: type[Model]) -> bool:
-    """Stop sending for ``models`` (default: all); return whether any was installed."""
+    """Undo :func:`install` for ``models`` (default: all); return whether any was installed.
+
+    For tests and for shutting down cleanly: the listeners are removed from the models, and
+    the many-to-many methods are restored once no model is installed any more. Receivers stay
+    connected: these models' saves and deletes just stop sending to them.
+
+    :param models: the model classes to stop covering; none for every installed one.
+    :returns: ``True`` if at least one of them was installed.
+    """
     chosen = set(models) if models else set(_models)
     removed = False
     for model in chosen & _models:
@@ -123,7 +145,10 @@ def uninstall(*models: type[Model]) -> bool:
 
 
 def installed(model: type[Model]) -> bool:
-    """Whether ``install()`` covers ``model``."""
+    """Whether :func:`install` covers ``model``: its saves and deletes send the signals.
+
+    For setup code that installs conditionally, and for tests that check the wiring.
+    """
     return model in _models
 
 
