@@ -7,8 +7,9 @@ callables as partly unknown. The protocols below state them as the bridge calls 
 function is the one place where its untyped call enters the typed code (a ``cast``), and the
 JetStream tests run every one of them against a real server.
 
-nats-py is imported here for type checking only: importing this module never fails, and
-:mod:`asignals.bridge.jetstream` keeps its own clear error when the extra is missing.
+At import time nats-py is needed for type checking only (``connect`` imports it when called):
+importing this module never fails, and :mod:`asignals.bridge.jetstream` keeps its own clear
+error when the extra is missing.
 """
 
 from __future__ import annotations
