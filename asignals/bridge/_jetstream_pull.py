@@ -28,6 +28,8 @@ import itertools
 import json
 from typing import TYPE_CHECKING
 
+from . import _nats_calls
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
@@ -97,7 +99,7 @@ class Puller:
         self._queue.clear()
 
     async def start(self) -> None:
-        self._sub = await self._client.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._sub = await _nats_calls.subscribe(self._client, f"{self._inbox}.*", self._on_message)
 
     async def close(self) -> list[Msg]:
         """Stop listening; returns the messages that arrived but were never fetched."""

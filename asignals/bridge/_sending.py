@@ -102,7 +102,11 @@ def _bridged(
             method_of_class: Callable[..., Coroutine[Any, Any, Any]] = getattr(cls, method)
             return method_of_class
         shadowed = inner
-        return lambda _signal, *args, **named: shadowed(*args, **named)
+
+        def without_signal(_signal: Any, *args: Any, **named: Any) -> Coroutine[Any, Any, Any]:
+            return shadowed(*args, **named)
+
+        return without_signal
 
     async def send(sender: Any = _MISSING, /, **named: Any) -> Any:
         unbound = unbound_of()

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import _nats_calls
 from ._jetstream_pull import ConsumerLost, Puller
 from ._transport import Delivery, ReadMode, Subscription, Unavailable
 
@@ -209,9 +210,9 @@ class JetStream:
         self.dead_letter_stream = self._dead_name or f"{stream}:dead"
         if self._client is None:
             self._client = await self._connect()
-            self._js = self._client.jetstream(timeout=self._request_timeout)
+            self._js = _nats_calls.jetstream(self._client, timeout=self._request_timeout)
             self._acks = self._client.new_inbox()
-            await self._client.subscribe(f"{self._acks}.*", cb=self._on_ack)
+            await _nats_calls.subscribe(self._client, f"{self._acks}.*", self._on_ack)
         await self._ensure_stream()
 
     async def _connect(self) -> Client:
@@ -226,7 +227,7 @@ class JetStream:
         try:
             # One try (and one retry) here: the bridge owns the backoff of a failed start. Once
             # connected, nats-py reconnects forever by itself (set below).
-            client = await nats.connect(
+            client = await _nats_calls.connect(
                 self.url,
                 name="asignals bridge",
                 connect_timeout=self._connect_timeout,
@@ -268,7 +269,7 @@ class JetStream:
                 config = api.StreamConfig(name=name, subjects=[name], **limits)
                 config.max_msgs = max_msgs
                 try:
-                    await js.add_stream(config)
+                    await _nats_calls.add_stream(js, config)
                     return
                 except nats.js.errors.BadRequestError:
                     info = await js.stream_info(name)  # another process created it first
@@ -482,7 +483,7 @@ class _Subscription:
                 current.ack_wait = self._claim_idle
                 current.max_deliver = self._max_deliver
                 config = current
-            await js.add_consumer(stream, config)
+            await _nats_calls.add_consumer(js, stream, config)
             return self._group
         # An ordered consumer: from the tail the first time, then after the last it delivered.
         start: dict[str, Any] = {"deliver_policy": api.DeliverPolicy.NEW}
@@ -493,7 +494,8 @@ class _Subscription:
                 "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
                 "opt_start_seq": self._last_stream_seq + 1,
             }
-        consumer = await js.add_consumer(
+        consumer = await _nats_calls.add_consumer(
+            js,
             stream,
             api.ConsumerConfig(
                 ack_policy=api.AckPolicy.NONE,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -72,10 +72,10 @@ def _below_400(status: int) -> bool:
     return status < 400
 
 
-def _takes(fn: object, count: int) -> bool:
+def _takes(fn: Callable[..., object], count: int) -> bool:
     """Whether ``fn`` can be called with ``count`` positional arguments."""
     try:
-        inspect.signature(fn).bind(*(None,) * count)  # type: ignore[arg-type]
+        inspect.signature(fn).bind(*(None,) * count)
     except TypeError:
         return False
     except ValueError:
@@ -318,7 +318,7 @@ def make_lifespan(
         _check_lifespan(user_lifespan)
 
     @asynccontextmanager
-    async def _lifespan(app: _AppT) -> AsyncIterator[_StateT | None]:
+    async def _lifespan(app: _AppT) -> AsyncGenerator[_StateT | None, None]:
         if user_lifespan is None:
             async with dispatcher(max_pending=max_pending, drain_timeout=drain_timeout):
                 yield None

@@ -24,7 +24,7 @@ rows removed by the database's ``ON DELETE CASCADE``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from tortoise import Tortoise
 from tortoise.fields.relational import ManyToManyRelation
@@ -37,6 +37,18 @@ __all__ = ["install", "installed", "uninstall"]
 
 _models: set[type[Model]] = set()
 _originals: dict[str, Callable[..., Any]] = {}
+
+
+class _Listeners(Protocol):
+    """A model class's listener registry, with the types Tortoise's annotations leave out.
+
+    Tortoise annotates a listener as a bare ``Callable`` and the class-level registry with its
+    model TypeVar (which a checker cannot read through the class); both hold these types.
+    """
+
+    _listeners: dict[Signals, dict[type[Model], list[Callable[..., Any]]]]
+
+    def register_listener(self, signal: Signals, listener: Callable[..., Any]) -> None: ...
 
 
 async def _on_pre_save(
@@ -115,7 +127,7 @@ def install(*models: type[Model]) -> None:
             )
     for model in models:
         for signal, listener in _LISTENERS:
-            model.register_listener(signal, listener)
+            cast(_Listeners, model).register_listener(signal, listener)
         _models.add(model)
     _patch_m2m()
 
@@ -134,7 +146,7 @@ def uninstall(*models: type[Model]) -> bool:
     removed = False
     for model in chosen & _models:
         for signal, listener in _LISTENERS:
-            registered = Model._listeners[signal].get(model, [])
+            registered = cast(_Listeners, Model)._listeners[signal].get(model, [])
             if listener in registered:
                 registered.remove(listener)
         _models.discard(model)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from contextvars import Token
 from types import TracebackType
-from typing import Final
+from typing import Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -66,8 +66,8 @@ def remote_context(headers: object) -> Context:
         return empty
     try:
         fields = propagate.get_global_textmap().fields
-        carrier = {}
-        for key, value in headers.items():
+        carrier: dict[str, str] = {}
+        for key, value in cast("dict[object, object]", headers).items():
             if (
                 isinstance(key, str)
                 and isinstance(value, str)

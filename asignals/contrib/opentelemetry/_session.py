@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import weakref
 from contextvars import ContextVar, Token
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -23,7 +23,7 @@ Results = list[tuple[Any, Any]]
 _UNNAMED: Final = "unnamed"
 
 
-def sender_name(sender: Any) -> str:
+def sender_name(sender: object) -> str:
     """What ``asignals.sender`` says: a class by name, a value as itself, an object by type.
 
     Never the object's ``repr``: it may hold personal data, and it would make every send's
@@ -78,7 +78,7 @@ async def _inline(
     for timing in timings:
         try:
             value = timing(**named)
-            if value is not None and hasattr(type(value), "__await__"):
+            if value is not None and hasattr(type(value), "__await__"):  # pyright: ignore[reportUnknownArgumentType] - type() of an Any
                 value = await value
         except Exception as exc:
             value = failed(signal, timing.entry, sender, exc, robust)
@@ -252,7 +252,9 @@ class Session:
         unexplained = raised if failures == 0 else None
         if unexplained is not None:
             failures = (
-                len(unexplained.exceptions) if isinstance(unexplained, BaseExceptionGroup) else 1
+                len(cast("BaseExceptionGroup[BaseException]", unexplained).exceptions)
+                if isinstance(unexplained, BaseExceptionGroup)
+                else 1
             )
         try:
             metrics = self.metrics

@@ -54,7 +54,7 @@ class Sync(Timing):
             self.cancelled = True
             self.end = time_ns()
             raise
-        if value is not None and hasattr(type(value), "__await__"):
+        if value is not None and hasattr(type(value), "__await__"):  # pyright: ignore[reportUnknownArgumentType] - type() of an Any
             return self._finish(value)
         self.end = time_ns()
         return value

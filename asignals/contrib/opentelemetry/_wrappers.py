@@ -13,6 +13,7 @@ itself) takes the mark off its own copy of the context.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
@@ -54,8 +55,7 @@ def wrap_send(session: Session, original: Send, robust: bool) -> Send:
 
     send.__name__ = method
     send.__qualname__ = f"AsyncSignal.{method}"
-    send.__doc__ = original.__doc__
-    send.__wrapped__ = original  # type: ignore[attr-defined]
+    functools.update_wrapper(send, original, assigned=("__doc__",), updated=())
     return send
 
 
@@ -120,8 +120,7 @@ def wrap_submit(session: Session, original: Submit) -> Submit:
         with _Scheduling(session.metrics):
             original(signal, sender, kwargs)
 
-    submit.__doc__ = original.__doc__
-    submit.__wrapped__ = original  # type: ignore[attr-defined]
+    functools.update_wrapper(submit, original, assigned=("__doc__",), updated=())
     return submit
 
 
@@ -134,6 +133,5 @@ def wrap_submit_wait(session: Session, original: SubmitWait) -> SubmitWait:
         with _Scheduling(session.metrics):
             await original(signal, sender, kwargs)
 
-    submit_wait.__doc__ = original.__doc__
-    submit_wait.__wrapped__ = original  # type: ignore[attr-defined]
+    functools.update_wrapper(submit_wait, original, assigned=("__doc__",), updated=())
     return submit_wait

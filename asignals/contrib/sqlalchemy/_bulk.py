@@ -21,7 +21,7 @@ the caller gets back:
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.engine import Result
@@ -84,11 +84,14 @@ def _pks_from_parameters(keys: list[str], parameters: Any, kind: str) -> frozens
         parameters = [parameters]
     if not isinstance(parameters, list) or not parameters:
         return None  # for update/delete only a list (bulk by primary key) names the rows
-    found = set()
-    for row in parameters:
-        if not isinstance(row, dict) or any(row.get(k) is None for k in keys):
+    found: set[Any] = set()
+    for row in cast("list[object]", parameters):
+        if not isinstance(row, dict):
             return None
-        found.add(_key([row[k] for k in keys]))
+        values = cast("dict[str, object]", row)
+        if any(values.get(k) is None for k in keys):
+            return None
+        found.add(_key([values[k] for k in keys]))
     return frozenset(found)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +58,13 @@ class _Flush:
 
     installation: Installation
     using: Any
-    saves: dict[InstanceState[Any], bool] = field(default_factory=dict)  # state -> created
-    deletes: dict[InstanceState[Any], None] = field(default_factory=dict)
-    m2m: list[_m2m.M2MChange] = field(default_factory=list)
-    _wanted: dict[tuple[AsyncSignal, Any], bool] = field(default_factory=dict)
+    # state -> created
+    saves: dict[InstanceState[Any], bool] = field(default_factory=dict[InstanceState[Any], bool])
+    deletes: dict[InstanceState[Any], None] = field(default_factory=dict[InstanceState[Any], None])
+    m2m: list[_m2m.M2MChange] = field(default_factory=list[_m2m.M2MChange])
+    _wanted: dict[tuple[AsyncSignal, Any], bool] = field(
+        default_factory=dict[tuple[AsyncSignal, Any], bool]
+    )
 
     def wants(self, signal: AsyncSignal, sender: Any) -> bool:
         """Whether ``signal`` from ``sender`` is observed or carried (asked once per flush)."""
@@ -286,7 +289,7 @@ def _deliver(session: Session, installation: Installation, sends: list[Send]) ->
 
 
 @contextlib.contextmanager
-def _outside_begin_block(session: Session) -> Iterator[None]:
+def _outside_begin_block(session: Session) -> Generator[None, None, None]:
     """Let receivers start the session's next transaction during ``with session.begin():``.
 
     The block's commit runs these hooks while the block is still the session's transaction
@@ -349,11 +352,10 @@ def _on_after_transaction_end(session: Session, transaction: SessionTransaction)
                 run(session, _send_all_deferred(sends))
         return
     if transaction.nested and sends:
-        parent = transaction.parent
-        while parent is not None and not parent.nested and parent.parent is not None:
+        parent = transaction.parent  # not None: checked above
+        while not parent.nested and parent.parent is not None:
             parent = parent.parent
-        if parent is not None:
-            _deferred.setdefault(parent, []).extend(sends)
+        _deferred.setdefault(parent, []).extend(sends)
 
 
 # -- bulk statements -------------------------------------------------------------------------

@@ -14,9 +14,11 @@ side gets ``reverse=True``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.state import InstanceState
@@ -39,9 +41,7 @@ class M2MChange:
 
     @property
     def through(self) -> Table:
-        secondary = self.relationship.secondary
-        assert isinstance(secondary, Table)
-        return secondary
+        return secondary_table(self.relationship)
 
     def kwargs(self, phase: str, using: Any) -> dict[str, Any]:
         """The keyword arguments of the ``pre``/``post`` send, Django's names and meanings."""
@@ -67,13 +67,20 @@ def m2m_relationships(mapper: Mapper[Any]) -> tuple[RelationshipProperty[Any], .
     return rels
 
 
+def secondary_table(rel: RelationshipProperty[Any]) -> Table:
+    """The association table of the many-to-many relationship ``rel``."""
+    secondary = rel.secondary
+    assert isinstance(secondary, Table)
+    return cast(Table, secondary)  # the Table of the default column collection
+
+
 def is_reverse(rel: RelationshipProperty[Any]) -> bool:
     """Whether ``rel`` is the reverse side: its parent column is not the table's first FK."""
     known = _REVERSE.get(rel)
     if known is None:
-        secondary = rel.secondary
-        assert isinstance(secondary, Table)
-        fk_columns = [c for c in secondary.columns if c.foreign_keys]
+        fk_columns: list[ColumnElement[Any]] = [
+            c for c in secondary_table(rel).columns if c.foreign_keys
+        ]
         mine = [fk_columns.index(col) for _, col in rel.synchronize_pairs if col in fk_columns]
         known = bool(mine) and min(mine) > 0
         _REVERSE[rel] = known
@@ -95,7 +102,7 @@ def pk_set(objects: tuple[object, ...]) -> set[Any]:
     return {k for k in keys if k is not None}
 
 
-def collect(states: list[InstanceState[Any]], wants: Any) -> list[M2MChange]:
+def collect(states: list[InstanceState[Any]], wants: Callable[[object], bool]) -> list[M2MChange]:
     """The m2m changes carried by ``states``; ``wants(through_table)`` filters by receivers."""
     changes: list[M2MChange] = []
     forward_links: set[tuple[Table, int, int, str]] = set()

@@ -214,7 +214,7 @@ class Outbox:
         """Encode each send now: an error here fails the flush, not the relay later."""
         codec = getattr(self.bridge, "codec", None)
         now = time.time()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for signal, sender, kwargs in sends:
             wire = _wire.wire_kwargs(signal, kwargs)
             if codec is not None:

@@ -16,7 +16,7 @@ Two cases have no greenlet to hand the coroutine through:
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import async_session as _async_session_of
@@ -115,7 +115,8 @@ NO_LOOP = (
 def _needs_event_loop(exc: BaseException) -> bool:
     """Whether ``exc`` (or a receiver error it groups) comes from running without a loop."""
     if isinstance(exc, BaseExceptionGroup):
-        return any(_needs_event_loop(inner) for inner in exc.exceptions)
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return any(_needs_event_loop(inner) for inner in group.exceptions)
     # asyncio's "no running event loop"; AnyIO's NoEventLoopError (4.11+), or sniffio's
     # AsyncLibraryNotFoundError from older AnyIO, both RuntimeErrors.
     return isinstance(exc, RuntimeError) and (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -76,7 +76,7 @@ def matcher(target: Any) -> Callable[[Session], bool]:
         target.configure(info=info)
         return lambda session: session.info.get(SCOPE_KEY) is token
     if isinstance(target, sessionmaker):
-        session_class = target.class_
+        session_class = cast("sessionmaker[Session]", target).class_
         return lambda session: isinstance(session, session_class)
     if isinstance(target, type) and issubclass(target, AsyncSession):
         async_class = target

@@ -19,9 +19,10 @@ registers each model on first use, a consumer calls :func:`register_model`.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper
@@ -56,13 +57,14 @@ def mapper_of(obj: object) -> Mapper[Any] | None:
     """The mapper of a mapped class or instance, or None."""
     found = sa_inspect(obj, raiseerr=False)
     if isinstance(found, Mapper):
-        return found
-    return getattr(found, "mapper", None) if found is not None else None
+        return cast("Mapper[object]", found)  # of some mapped class
+    mapper: Mapper[Any] | None = getattr(found, "mapper", None) if found is not None else None
+    return mapper
 
 
 def model_tag(cls: type[Any]) -> str:
     """The codec name of a model class: its dotted name and table, the same in every process."""
-    mapper = sa_inspect(cls)
+    mapper: Mapper[Any] = sa_inspect(cls)
     table = getattr(mapper.local_table, "name", "")
     return f"sqlalchemy:{cls.__module__}.{cls.__qualname__}[{table}]"
 
@@ -85,11 +87,12 @@ def _decoder(mapper: Mapper[Any]) -> Callable[[Any], Any]:
     def decode(values: Any) -> Any:
         if not isinstance(values, Mapping):
             raise ValueError(f"{cls.__qualname__} travels as a mapping of column values")
-        unknown = set(values) - keys
+        columns = cast("Mapping[str, Any]", values)  # str keys: checked against ``keys`` next
+        unknown = set(columns) - keys
         if unknown:
             raise ValueError(f"{cls.__qualname__} has no column attribute(s) {sorted(unknown)}")
         obj = mapper.class_manager.new_instance()
-        for key, value in values.items():
+        for key, value in columns.items():
             set_committed_value(obj, key, value)
         if all(v is not None for v in mapper.primary_key_from_instance(obj)):
             make_transient_to_detached(obj)  # a persistent row, outside any session
@@ -122,8 +125,8 @@ def register_model(codec: Any, cls: type[Any]) -> None:
         codec.register(
             meta,
             name=f"sqlalchemy:class:{meta.__module__}.{meta.__qualname__}",
-            encode=lambda model: _tag_of(codec, model),
-            decode=lambda tag: _class_of(codec, tag),
+            encode=functools.partial(_tag_of, codec),
+            decode=functools.partial(_class_of, codec),
         )
         _classes_of(codec).add(meta)
 
