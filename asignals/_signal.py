@@ -28,7 +28,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterable
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, Generic, cast, overload
+from typing import Any, Final, Generic, cast, overload
 
 import anyio
 from typing_extensions import ParamSpec, TypeVar
@@ -285,39 +285,7 @@ class _Waiter:
 async def _send(
     self: AsyncSignal[..., Any], sender: Any = _MISSING, /, *args: Any, **named: Any
 ) -> Results:
-    """Call every receiver connected for ``sender``; return ``[(receiver, result), ...]``.
-
-    ``await sig.send(sender, **kwargs)`` is the send to use when the event's side effects are
-    part of the caller's work: the caller waits for every receiver, and a receiver's failure is
-    the caller's failure. Each receiver is called as ``receiver(signal=sig, sender=sender,
-    **kwargs)``, in the caller's context (it sees the caller's context variables); sync
-    receivers run inline on the event loop (in a thread only if connected with
-    ``sync_to_thread=True``), async ones concurrently. With no receiver for ``sender``, or
-    inside :meth:`muted`, it returns ``[]`` at once.
-
-    When receivers raise, the ones still running are cancelled and an ``ExceptionGroup`` of
-    every failure is raised: always a group, even for one failure, as ``asyncio.TaskGroup``
-    does (Django raises a lone failure bare), so catch it with ``except* SomeError``. Use
-    :meth:`send_robust` when one receiver's failure must not stop the others, and
-    :meth:`send_nowait` when the caller should not wait at all.
-
-    :param args: the sender, alone: who sends (``sender=`` works too). A receiver connected
-        with ``sender=X`` gets only the sends from ``X``: by identity, except that ``str``,
-        ``bytes`` and ``int`` senders match by value. ``None`` reaches only the receivers
-        connected for every sender.
-    :param kwargs: the event's data, passed to every receiver (a typed signal checks the names
-        against its spec). ``concurrent``, ``timeout`` and ``max_concurrency`` are not passed
-        on: they override the signal's [dispatch options](../guides/dispatch-options.md) for
-        this call.
-    :returns: ``[(receiver, result), ...]`` in connection order, whatever order the receivers
-        finished in.
-    :raises ExceptionGroup: one or more receivers raised (a receiver past its ``timeout``
-        counts as raising ``TimeoutError``); the group is named
-        ``"N receiver(s) of <signal> raised"``.
-    :raises TypeError: the sender is missing or followed by another positional argument, a
-        keyword argument is named ``signal``, a dispatch option has a wrong type, or a typed
-        signal's keyword argument is missing or unknown.
-    """
+    """``AsyncSignal.send`` at run time; its docstring is copied from the method below."""
     # This docstring is also the typed stub's, in AsyncSignal (the reference shows that one).
     # The one send loop, ``send_robust``'s too (it marks its call with _ROBUST, which
     # takes the slow path below). ``named`` is the call's own ``**kwargs`` dict:
@@ -826,52 +794,45 @@ class AsyncSignal(Generic[P, R]):
 
     # -- sending ------------------------------------------------------------------------
 
-    if TYPE_CHECKING:
-        # What type checkers see. At run time ``send`` is :func:`_send` itself: its
-        # positional-only sender costs no tuple per call, and it is the one coroutine frame
-        # of a send (a typed wrapper awaiting it would be a second).
+    # What type checkers and the reference see. At run time ``send`` is :func:`_send` itself
+    # (set after the class, with this docstring): its positional-only sender costs no tuple
+    # per call, and it is the one coroutine frame of a send (a typed wrapper awaiting it would
+    # be a second).
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> list[tuple[Callable[..., Any], R]]:
+        """Call every receiver connected for ``sender``; return ``[(receiver, result), ...]``.
 
-        async def send(
-            self, *args: P.args, **kwargs: P.kwargs
-        ) -> list[tuple[Callable[..., Any], R]]:
-            """Call every receiver connected for ``sender``; return ``[(receiver, result), ...]``.
+        ``await sig.send(sender, **kwargs)`` is the send to use when the event's side effects
+        are part of the caller's work: the caller waits for every receiver, and a receiver's
+        failure is the caller's failure. Each receiver is called as ``receiver(signal=sig,
+        sender=sender, **kwargs)``, in the caller's context (it sees the caller's context
+        variables); sync receivers run inline on the event loop (in a thread only if connected
+        with ``sync_to_thread=True``), async ones concurrently. With no receiver for ``sender``,
+        or inside :meth:`muted`, it returns ``[]`` at once.
 
-            ``await sig.send(sender, **kwargs)`` is the send to use when the event's side effects
-            are part of the caller's work: the caller waits for every receiver, and a receiver's
-            failure is the caller's failure. Each receiver is called as ``receiver(signal=sig,
-            sender=sender, **kwargs)``, in the caller's context (it sees the caller's context
-            variables); sync receivers run inline on the event loop (in a thread only if connected
-            with ``sync_to_thread=True``), async ones concurrently. With no receiver for ``sender``,
-            or inside :meth:`muted`, it returns ``[]`` at once.
+        When receivers raise, the ones still running are cancelled and an ``ExceptionGroup`` of
+        every failure is raised: always a group, even for one failure, as ``asyncio.TaskGroup``
+        does (Django raises a lone failure bare), so catch it with ``except* SomeError``. Use
+        :meth:`send_robust` when one receiver's failure must not stop the others, and
+        :meth:`send_nowait` when the caller should not wait at all.
 
-            When receivers raise, the ones still running are cancelled and an ``ExceptionGroup`` of
-            every failure is raised: always a group, even for one failure, as ``asyncio.TaskGroup``
-            does (Django raises a lone failure bare), so catch it with ``except* SomeError``. Use
-            :meth:`send_robust` when one receiver's failure must not stop the others, and
-            :meth:`send_nowait` when the caller should not wait at all.
-
-            :param args: the sender, alone: who sends (``sender=`` works too). A receiver connected
-                with ``sender=X`` gets only the sends from ``X``: by identity, except that ``str``,
-                ``bytes`` and ``int`` senders match by value. ``None`` reaches only the receivers
-                connected for every sender.
-            :param kwargs: the event's data, passed to every receiver (a typed signal checks the
-                names against its spec). ``concurrent``, ``timeout`` and ``max_concurrency`` are not
-                passed on: they override the signal's [dispatch
-                options](../guides/dispatch-options.md) for this call.
-            :returns: ``[(receiver, result), ...]`` in connection order, whatever order the
-                receivers finished in.
-            :raises ExceptionGroup: one or more receivers raised (a receiver past its ``timeout``
-                counts as raising ``TimeoutError``); the group is named ``"N receiver(s) of <signal>
-                raised"``.
-            :raises TypeError: the sender is missing or followed by another positional argument, a
-                keyword argument is named ``signal``, a dispatch option has a wrong type, or a typed
-                signal's keyword argument is missing or unknown.
-            """
-            # The same text as _send's docstring (what help() shows): keep the two in step.
-            return await _send(self, *cast("tuple[Any, ...]", args), **kwargs)
-
-    else:
-        send = _send
+        :param args: the sender, alone: who sends (``sender=`` works too). A receiver connected
+            with ``sender=X`` gets only the sends from ``X``: by identity, except that ``str``,
+            ``bytes`` and ``int`` senders match by value. ``None`` reaches only the receivers
+            connected for every sender.
+        :param kwargs: the event's data, passed to every receiver (a typed signal checks the
+            names against its spec). ``concurrent``, ``timeout`` and ``max_concurrency`` are not
+            passed on: they override the signal's [dispatch
+            options](../guides/dispatch-options.md) for this call.
+        :returns: ``[(receiver, result), ...]`` in connection order, whatever order the
+            receivers finished in.
+        :raises ExceptionGroup: one or more receivers raised (a receiver past its ``timeout``
+            counts as raising ``TimeoutError``); the group is named ``"N receiver(s) of <signal>
+            raised"``.
+        :raises TypeError: the sender is missing or followed by another positional argument, a
+            keyword argument is named ``signal``, a dispatch option has a wrong type, or a typed
+            signal's keyword argument is missing or unknown.
+        """
+        return await _send(self, *cast("tuple[Any, ...]", args), **kwargs)
 
     def send_robust(
         self, *args: P.args, **kwargs: P.kwargs
@@ -1083,6 +1044,11 @@ if sys.version_info >= (3, 12):
     # send_robust returns send's coroutine (no second frame); introspection should still see
     # a coroutine function, as it does for send.
     inspect.markcoroutinefunction(AsyncSignal.send_robust)
+
+
+# The typed method above is what checkers and the reference read; the send itself is _send.
+_send.__doc__ = AsyncSignal.send.__doc__
+setattr(AsyncSignal, "send", _send)  # noqa: B010 - a method assignment checkers would refuse
 
 
 class _Connector(Generic[P, R]):
