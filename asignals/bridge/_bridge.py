@@ -30,6 +30,9 @@ __all__ = ["Bridge", "Mode"]
 logger = logging.getLogger("asignals.bridge")
 
 Mode = Literal["broadcast", "shared", "publish"]
+"""How a bridge takes part in its stream: ``"broadcast"`` (every bridge on the stream gets every
+event), ``"shared"`` (one bridge of each ``group`` handles each event, as a worker pool) or
+``"publish"`` (only sends, never receives)."""
 S = TypeVar("S")
 
 
