@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import BridgeKit
+from waiting import eventually
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, DecodeError, Encoded, EncodeError, PublishError
@@ -47,14 +48,6 @@ class Point:
 
 class Order:
     """A sender class, as a model class would be for post_save."""
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def make(kit: BridgeKit, stream: str, *signals: Any, **options: Any) -> Bridge:
