@@ -66,6 +66,16 @@ class Order(Base):
     total: Mapped[Decimal] = mapped_column(Numeric(10, 2))
 
 
+async def _create_tables(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
+async def _drop_tables(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+
+
 def make_bridge(stream: str, signals: list[AsyncSignal], mode: Any = "publish") -> Bridge:
     return Bridge(
         RedisStreams(REDIS_URL),
@@ -98,8 +108,7 @@ async def write_cost(engine: AsyncEngine, rounds: int, rows: int) -> dict[str, l
     bridge = make_bridge(f"bench:{RUN}:w", [post_save])
     outbox = Outbox(bridge, metadata=Base.metadata)
     quiet = Outbox(bridge, metadata=Base.metadata, notify=False)  # the same table
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    await _create_tables(engine)
     maker = async_sessionmaker(engine, expire_on_commit=False)
     setups = {"no outbox": None, "outbox": outbox, "outbox, notify=False": quiet}
     samples: dict[str, list[float]] = {name: [] for name in setups}
@@ -117,8 +126,7 @@ async def write_cost(engine: AsyncEngine, rounds: int, rows: int) -> dict[str, l
                 await _clear(engine, outbox)
     finally:
         uninstall(maker)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
+        await _drop_tables(engine)
     return samples
 
 
@@ -152,8 +160,7 @@ async def relay_throughput(events: int, batch_size: int) -> tuple[list[float], l
     stream = f"bench:{RUN}:relay"
     bridge = make_bridge(stream, [post_save])
     outbox = Outbox(bridge, metadata=Base.metadata)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    await _create_tables(engine)
     maker = async_sessionmaker(engine, expire_on_commit=False)
     install(maker, outbox=outbox)
     rates, cpu = [], []
@@ -171,8 +178,7 @@ async def relay_throughput(events: int, batch_size: int) -> tuple[list[float], l
                 await _clear(engine, outbox)
     finally:
         uninstall(maker)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
+        await _drop_tables(engine)
         await engine.dispose()
         await _delete_stream(stream)
     return rates, cpu
@@ -254,8 +260,7 @@ async def latency(
     stream = f"bench:{RUN}:latency"
     bridge = make_bridge(stream, [order_placed])
     outbox = Outbox(bridge, metadata=Base.metadata)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    await _create_tables(engine)
     receiver = await _spawn("--consumer", stream)
     assert receiver.stdout is not None and receiver.stdin is not None
     committed: dict[str, float] = {}
@@ -284,8 +289,7 @@ async def latency(
     finally:
         if receiver.returncode is None:
             receiver.kill()
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
+        await _drop_tables(engine)
         await engine.dispose()
         await _delete_stream(stream)
     missing = len(committed) - len(arrived)

@@ -9,12 +9,13 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from conftest import BridgeKit
+from waiting import eventually
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, DecodeError, Encoded, EncodeError, PublishError
@@ -49,16 +50,27 @@ class Order:
     """A sender class, as a model class would be for post_save."""
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 def make(kit: BridgeKit, stream: str, *signals: Any, **options: Any) -> Bridge:
     return Bridge(kit.make(), stream=stream, signals=list(signals), **{**FAST, **options})
+
+
+@contextlib.asynccontextmanager
+async def two_workers(
+    transport: BridgeKit, stream: str, receiver: Any, claim_idle: float
+) -> AsyncIterator[AsyncSignal]:
+    """Two bridges of group ``g`` whose ``job`` signals run ``receiver``, and a publishing
+    bridge; yields the ``job`` signal that sends to them."""
+    producer = AsyncSignal(name="job")
+    workers = [AsyncSignal(name="job") for _ in range(2)]
+    for sig in workers:
+        sig.connect(receiver, weak=False)
+    opts: dict[str, Any] = {"mode": "shared", "group": "g", "claim_idle": claim_idle}
+    async with (
+        make(transport, stream, workers[0], **opts),
+        make(transport, stream, workers[1], **opts),
+        make(transport, stream, producer, mode="publish"),
+    ):
+        yield producer
 
 
 def envelope(**override: Any) -> bytes:
@@ -308,22 +320,13 @@ async def test_failed_events_are_retried_then_dead_lettered_with_provenance(
 async def test_healthy_workers_redo_nothing(transport: BridgeKit, stream: str) -> None:
     """Issue 8: per-event acks and live claims; two workers with 10 ms receivers and a short
     claim_idle (0.5 s; before, 300 of 300 ran twice with claim_idle=1) run every event once."""
-    producer = AsyncSignal(name="job")
-    workers = [AsyncSignal(name="job") for _ in range(2)]
     runs: list[int] = []
 
     async def handle(sender: Any, n: int, **kw: Any) -> None:
         runs.append(n)
         await asyncio.sleep(0.01)
 
-    for sig in workers:
-        sig.connect(handle, weak=False)
-    opts: dict[str, Any] = {"mode": "shared", "group": "g", "claim_idle": 0.5}
-    async with (
-        make(transport, stream, workers[0], **opts),
-        make(transport, stream, workers[1], **opts),
-        make(transport, stream, producer, mode="publish"),
-    ):
+    async with two_workers(transport, stream, handle, claim_idle=0.5) as producer:
         await asyncio.gather(*(producer.send(None, n=n) for n in range(200)))
         await eventually(lambda: len(set(runs)) == 200, timeout=20)
         await asyncio.sleep(0.3)
@@ -646,22 +649,13 @@ async def test_a_live_worker_keeps_an_event_longer_than_claim_idle(
 ) -> None:
     """Issue 8: an event is claimable only when its worker is gone or stuck, not because its
     receivers take longer than claim_idle: the bridge renews the claim while they run."""
-    producer = AsyncSignal(name="job")
-    workers = [AsyncSignal(name="job") for _ in range(2)]
     runs: list[int] = []
 
     async def slow(sender: Any, n: int, **kw: Any) -> None:
         runs.append(n)
         await asyncio.sleep(1.0)  # more than three times claim_idle
 
-    for sig in workers:
-        sig.connect(slow, weak=False)
-    opts: dict[str, Any] = {"mode": "shared", "group": "g", "claim_idle": 0.3}
-    async with (
-        make(transport, stream, workers[0], **opts),
-        make(transport, stream, workers[1], **opts),
-        make(transport, stream, producer, mode="publish"),
-    ):
+    async with two_workers(transport, stream, slow, claim_idle=0.3) as producer:
         await producer.send(None, n=1)
         await eventually(lambda: runs != [])
         await asyncio.sleep(1.5)

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy
 from servers import NatsServer
+from waiting import eventually
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, JetStream, PublishError
@@ -45,14 +46,6 @@ async def stream(js: Any) -> AsyncIterator[str]:
     for each in (name, f"{name}:dead"):
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(each)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def bridge(url: str, stream: str, *signals: Any, **options: Any) -> Bridge:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, InMemory
@@ -29,14 +30,6 @@ def anyio_backend() -> str:
 def fresh() -> Iterator[None]:
     yield
     InMemory.reset()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def bridge(stream: str, *signals: Any, **options: Any) -> Bridge:

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BRIDGE_TRANSPORTS, BridgeKit
 from servers import PrivateServer
+from waiting import eventually, until
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, PublishError
@@ -48,23 +49,6 @@ async def kit(request: pytest.FixtureRequest) -> AsyncIterator[BridgeKit]:
 @pytest.fixture
 def stream() -> str:
     return f"asignals-test-{uuid.uuid4().hex}"
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
-    """Like :func:`eventually`, for conditions that need a round trip to the server."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def bridge(kit: BridgeKit, stream: str, *signals: Any, **options: Any) -> Bridge:

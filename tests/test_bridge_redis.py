@@ -6,16 +6,15 @@ a shared group of three, a SIGKILLed worker, a restarted server, hostile entries
 
 from __future__ import annotations
 
-import asyncio
 import pickle
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from waiting import eventually, until
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, RedisStreams
@@ -30,23 +29,6 @@ FAST: dict[str, Any] = {"claim_idle": 0.5, "block": 0.1, "reconnect_backoff": (0
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # redis.asyncio is asyncio-only
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
-    """Like :func:`eventually`, for conditions that need a Redis round trip."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

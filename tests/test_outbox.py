@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outbox_worker import Shop, make, order_placed
+from outbox_worker import Shop, create_tables, make, order_placed
 from redis.asyncio import Redis
 from sqlalchemy import Column, ForeignKey, String, Table, func, inspect, select, update
 from sqlalchemy.ext.asyncio import (
@@ -104,8 +104,7 @@ async def world(
     stream = f"asignals-test:{prefix}"
     shop = make(redis_url, stream, prefix)
     engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(shop.base.metadata.create_all)
+    await create_tables(engine, shop)
     maker = async_sessionmaker(engine, expire_on_commit=False)
     install(maker, outbox=shop.outbox)
     redis = Redis.from_url(redis_url)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outbox_worker import Shop, make, order_placed
+from outbox_worker import Shop, create_tables, make, order_placed
 from redis.asyncio import Redis
 from sqlalchemy import func, text
 from sqlalchemy import select as sql_select
@@ -159,8 +159,7 @@ async def make_setup(url: str, redis_url: str) -> Setup:
     stream = f"asignals-test:{prefix}"
     shop = make(redis_url, stream, prefix)
     engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(shop.base.metadata.create_all)
+    await create_tables(engine, shop)
     return Setup(shop, engine, url, redis_url, stream, prefix)
 
 

@@ -51,6 +51,32 @@ def receiver(fn: Any) -> Any:
     return functools.partial(fn)
 
 
+async def failures(sig: AsyncSignal) -> tuple[BaseException, ...]:
+    """Send, which must fail with an :class:`ExceptionGroup`; the failures it groups."""
+    with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
+        await sig.send(None)
+    return info.value.exceptions
+
+
+def waits_until_cancelled(cancelled: list[str], name: str) -> Any:
+    """A receiver that waits for ever, adding ``name`` to ``cancelled`` when it is cancelled."""
+
+    async def waits(sender: Any, **kw: Any) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(name)
+            raise
+
+    return waits
+
+
+async def fails_soon(sender: Any, **kw: Any) -> None:
+    """A receiver that fails with ``boom`` after its siblings have suspended."""
+    await trio.sleep(0.01)
+    raise ValueError("boom")
+
+
 # -- where the first receiver suspends ------------------------------------------------------
 
 
@@ -171,17 +197,10 @@ async def test_fail_after_at_the_first_suspension_fails_the_send_and_cancels_the
         with anyio.fail_after(0.01):
             await trio.sleep_forever()
 
-    async def waits(sender: Any, **kw: Any) -> None:
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            cancelled.append("waits")
-            raise
+    waits = waits_until_cancelled(cancelled, "waits")
 
     connect_all(sig, times_out, waits)
-    with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
-        await sig.send(None)
-    assert [type(e) for e in info.value.exceptions] == [TimeoutError]
+    assert [type(e) for e in await failures(sig)] == [TimeoutError]
     assert cancelled == ["waits"]
 
 
@@ -221,14 +240,8 @@ async def test_a_siblings_failure_cancels_the_suspended_receiver(wait: Any) -> N
             raise
         cancelled.append("held finished")  # would be a bug: it should never get here
 
-    async def fails(sender: Any, **kw: Any) -> None:
-        await trio.sleep(0.01)
-        raise ValueError("boom")
-
-    connect_all(sig, held, fails)
-    with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
-        await sig.send(None)
-    assert [str(e) for e in info.value.exceptions] == ["boom"]
+    connect_all(sig, held, fails_soon)
+    assert [str(e) for e in await failures(sig)] == ["boom"]
     assert cancelled == ["held"]
 
 
@@ -246,9 +259,7 @@ async def test_a_shielded_suspended_receiver_finishes_despite_a_siblings_failure
         raise ValueError("boom")
 
     connect_all(sig, shielded, fails)
-    with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
-        await sig.send(None)
-    assert [str(e) for e in info.value.exceptions] == ["boom"]
+    assert [str(e) for e in await failures(sig)] == ["boom"]
     assert finished == ["shielded"]
 
 
@@ -262,17 +273,10 @@ async def test_the_suspended_receivers_failure_cancels_the_others() -> None:
             await trio.sleep(0.01)
             raise ValueError("held failed")
 
-    async def waits(sender: Any, **kw: Any) -> None:
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            cancelled.append("waits")
-            raise
+    waits = waits_until_cancelled(cancelled, "waits")
 
     connect_all(sig, fails, waits)
-    with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
-        await sig.send(None)
-    assert [str(e) for e in info.value.exceptions] == ["held failed"]
+    assert [str(e) for e in await failures(sig)] == ["held failed"]
     assert cancelled == ["waits"]
 
 
@@ -317,16 +321,10 @@ async def test_a_nested_send_suspended_in_scopes_nests_and_cancels() -> None:
         results = await outer.send(None)
     assert [r for _, r in results] == [["inner woken", "inner waited"], "set"]
 
-    async def fails(sender: Any, **kw: Any) -> None:
-        await trio.sleep(0.01)
-        raise ValueError("boom")
-
     event = trio.Event()  # never set this time: the inner receivers wait until cancelled
     outer.disconnect(sets)
-    outer.connect(fails)
-    with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
-        await outer.send(None)
-    assert [str(e) for e in info.value.exceptions] == ["boom"]
+    outer.connect(fails_soon)
+    assert [str(e) for e in await failures(outer)] == ["boom"]
     assert sorted(cancelled) == ["inner_held", "inner_waits"]
 
 
@@ -374,12 +372,7 @@ async def test_cancelling_the_sender_from_another_task() -> None:
                 cancelled.append("held")
                 raise
 
-    async def other(sender: Any, **kw: Any) -> None:
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            cancelled.append("other")
-            raise
+    other = waits_until_cancelled(cancelled, "other")
 
     connect_all(sig, held, other)
     with trio.fail_after(5):
