@@ -49,14 +49,19 @@ async def test_results_keep_connection_order_whatever_finishes_first() -> None:
     sig = AsyncSignal()
     order: list[str] = []
 
+    suspended = anyio.Event()
+
     async def slow(sender: Any, **kw: Any) -> str:
-        await anyio.sleep(0.05)
+        # Finishes only once the later receiver ran: they must run concurrently.
+        with anyio.fail_after(5):
+            await suspended.wait()
         order.append("slow")
         return "slow"
 
     async def suspends(sender: Any, **kw: Any) -> str:
         await anyio.sleep(0)
         order.append("suspends")
+        suspended.set()
         return "suspends"
 
     sig.connect(slow)

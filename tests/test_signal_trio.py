@@ -425,31 +425,42 @@ async def test_context_variables_around_a_suspension_in_a_scope() -> None:
 async def test_results_stay_in_connection_order_whatever_finishes_first() -> None:
     sig = AsyncSignal()
     finished: list[int] = []
+    # Each suspending receiver waits for the one that must finish before it, so they finish in
+    # the order 3, 5, 1 whatever the load (timers that expire in one batch run in any order).
+    done = {i: trio.Event() for i in (1, 3, 5)}
+    after = {1: 5, 5: 3}
 
-    def make(i: int, delay: float, scoped: bool) -> Any:
+    def make(i: int, suspends: bool, scoped: bool) -> Any:
         async def r(sender: Any, **kw: Any) -> int:
-            if not delay:
+            if not suspends:
                 return i
             if scoped:
                 with trio.move_on_after(60):
-                    await trio.sleep(delay)
+                    await wait_turn(i)
             else:
-                await trio.sleep(delay)
+                await wait_turn(i)
             finished.append(i)
+            done[i].set()
             return i
 
         return r
+
+    async def wait_turn(i: int) -> None:
+        if i in after:
+            await done[after[i]].wait()
+        else:
+            await trio.sleep(0)
 
     def sync(sender: Any, **kw: Any) -> str:
         return "sync"
 
     receivers = [
-        make(0, 0, False),
-        make(1, 0.04, True),
+        make(0, False, False),
+        make(1, True, True),
         sync,
-        make(3, 0.01, False),
-        make(4, 0, False),
-        make(5, 0.02, True),
+        make(3, True, False),
+        make(4, False, False),
+        make(5, True, True),
     ]
     connect_all(sig, *receivers)
     with trio.fail_after(5):
