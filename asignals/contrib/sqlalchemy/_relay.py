@@ -73,6 +73,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._listener: AsyncConnection | None = None
         self._listen_failing = False
+        self._discarding: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Relay of {self.outbox!r}>"
@@ -252,7 +253,7 @@ class Relay:
             driver.add_termination_listener(self._lost_listener)
         except Exception as exc:
             if conn is not None:
-                await _close_quietly(conn)
+                await _discard_listener(conn)
             if not self._listen_failing:  # once per outage, not at every poll
                 logger.warning("outbox relay: LISTEN failed (%s); polling until it works", exc)
             self._listen_failing = True
@@ -268,17 +269,24 @@ class Relay:
     def _lost_listener(self, *args: object) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            asyncio.get_running_loop().create_task(_close_quietly(listener))
+            task = asyncio.get_running_loop().create_task(_discard_listener(listener))
+            self._discarding.add(task)  # a task nobody references may be collected mid-way
+            task.add_done_callback(self._discarding.discard)
         self._wake.set()
 
     async def _stop_listening(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            await _close_quietly(listener)
+            await _discard_listener(listener)
 
 
-async def _close_quietly(conn: AsyncConnection) -> None:
+async def _discard_listener(conn: AsyncConnection) -> None:
+    """Close the LISTEN connection for good: never back into the application's pool.
+
+    A connection the server dropped would fail the next session that checked it out, and a
+    live one would keep delivering notifications to a relay that has stopped.
+    """
     try:
-        await conn.close()
+        await conn.invalidate()
     except Exception:  # the connection is gone already
-        logger.debug("outbox relay: closing the LISTEN connection failed", exc_info=True)
+        logger.debug("outbox relay: discarding the LISTEN connection failed", exc_info=True)
