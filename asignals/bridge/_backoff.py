@@ -1,4 +1,8 @@
-"""Exponential backoff with full jitter, shared by the publisher and the reader."""
+"""Exponential backoff with jitter, shared by the publisher and the reader.
+
+Each delay is drawn from the upper half of its step (equal jitter): never much sooner than
+asked, and restarted workers still do not retry in lockstep.
+"""
 
 from __future__ import annotations
 
