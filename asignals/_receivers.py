@@ -90,7 +90,7 @@ def check_receiver(fn: Any, owner: object, names: frozenset[str] | None) -> None
     the common trap).
     """
     if not callable(fn):
-        raise TypeError(f"signal receivers must be callable; got {fn!r}")
+        raise TypeError(f"Signal receivers must be callable. Got {fn!r}")
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
