@@ -349,6 +349,21 @@ def test_receiver_first_parameter_not_sender(sender: Sender) -> None:
         a_signal.disconnect(receiver_val_first)
 
 
+def test_keyword_only_receiver(sender: Sender) -> None:
+    """Django's own ``setting_changed`` receivers (django/test/signals.py) take no sender."""
+
+    def clear_cache_handlers(*, setting: str, **kwargs: Any) -> str:
+        return setting
+
+    a_signal.connect(clear_cache_handlers)
+    try:
+        result = a_signal.send(sender=sender, setting="CACHES")
+        assert result == [(clear_cache_handlers, "CACHES")]
+    finally:
+        a_signal.disconnect(clear_cache_handlers)
+    assert_clean(a_signal)
+
+
 @pytest.mark.anyio
 async def test_asend_and_asend_robust(sender: Sender) -> None:
     """The wrapper's async half: Django 5's asend/asend_robust await asignals' sends."""
