@@ -362,20 +362,3 @@ def test_keyword_only_receiver(sender: Sender) -> None:
     finally:
         a_signal.disconnect(clear_cache_handlers)
     assert_clean(a_signal)
-
-
-@pytest.mark.anyio
-async def test_asend_and_asend_robust(sender: Sender) -> None:
-    """The wrapper's async half: Django 5's asend/asend_robust await asignals' sends."""
-    a_signal.connect(receiver_1_arg)
-    a_signal.connect(_fails)
-    try:
-        (first, second) = await a_signal.asend_robust(sender, val="test")
-        assert first == (receiver_1_arg, "test")
-        assert second[0] is _fails
-        assert isinstance(second[1], ValueError)
-    finally:
-        a_signal.disconnect(_fails)
-    assert await a_signal.asend(sender, val="test") == [(receiver_1_arg, "test")]
-    a_signal.disconnect(receiver_1_arg)
-    assert_clean(a_signal)
