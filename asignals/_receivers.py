@@ -85,12 +85,12 @@ def check_receiver(fn: Any, owner: object, names: frozenset[str] | None) -> None
 
     Every send calls ``fn(signal=..., sender=..., **kwargs)``: ``fn`` must take ``**kwargs``
     and ``sender`` by keyword, and have no required parameter a send never passes. ``names``
-    are the keyword arguments a typed signal sends (None: unknown, so only the first
-    parameter is held to ``sender``, as blinker's positional habit ``def on(obj, **kw)`` is
-    the common trap).
+    are the keyword arguments a typed signal sends (None: unknown, so only a first parameter
+    that can be given positionally is held to ``sender``, as blinker's positional habit
+    ``def on(obj, **kw)`` is the common trap).
     """
     if not callable(fn):
-        raise TypeError(f"signal receivers must be callable; got {fn!r}")
+        raise TypeError(f"Signal receivers must be callable. Got {fn!r}")
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -114,7 +114,9 @@ def check_receiver(fn: Any, owner: object, names: frozenset[str] | None) -> None
             continue
         elif names is not None:
             problem = f"its required parameter {p.name!r} is not one the signal sends"
-        elif index == 0:
+        elif index == 0 and p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            # blinker's habit: the sender taken positionally under another name. A keyword-only
+            # one (Django's own ``def r(*, setting, **kwargs)``) cannot be that mistake.
             problem = f"its first parameter is {p.name!r}, not 'sender'"
         else:
             continue  # may be one of the send's keyword arguments (instance=, created=...)
