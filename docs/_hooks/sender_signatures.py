@@ -37,7 +37,7 @@ def _is_paramspec_pair(func: griffe.Function) -> bool:
     )
 
 
-def _awaited_result(returns: object) -> object | None:
+def _awaited_result(returns: str | griffe.Expr | None) -> str | griffe.Expr | None:
     """``X`` of a ``Coroutine[Any, Any, X]`` annotation, else ``None``."""
     if not isinstance(returns, griffe.ExprSubscript):
         return None
@@ -46,26 +46,41 @@ def _awaited_result(returns: object) -> object | None:
     elements = getattr(returns.slice, "elements", None)
     if not elements or len(elements) != 3:
         return None
-    return elements[2]
+    result: str | griffe.Expr = elements[2]
+    return result
+
+
+def _show_as_sender_call(func: griffe.Function) -> None:
+    self_param, _, _ = list(func.parameters)
+    func.parameters = griffe.Parameters(
+        self_param,
+        griffe.Parameter("sender", kind=griffe.ParameterKind.positional_only),
+        griffe.Parameter("kwargs", kind=griffe.ParameterKind.var_keyword),
+    )
+    if func.docstring is not None:
+        # The docstrings document the sender as ``args`` (the parameter checkers see).
+        func.docstring.value = _PARAM_ARGS.sub(r"\1:param sender:", func.docstring.value)
+    result = _awaited_result(func.returns)
+    if result is not None and "async" not in func.labels:
+        func.returns = result
+        func.labels.add("async")
 
 
 class SenderSignatures(griffe.Extension):
     """Show the send methods of ``AsyncSignal`` as ``(sender, /, **kwargs)``."""
 
-    def on_function(self, *, func: griffe.Function, **kwargs: Any) -> None:
-        parent = func.parent
-        if parent is None or parent.path != _SIGNAL_CLASS or not _is_paramspec_pair(func):
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        if pkg.name != "asignals":
             return
-        self_param, _, _ = list(func.parameters)
-        func.parameters = griffe.Parameters(
-            self_param,
-            griffe.Parameter("sender", kind=griffe.ParameterKind.positional_only),
-            griffe.Parameter("kwargs", kind=griffe.ParameterKind.var_keyword),
-        )
-        if func.docstring is not None:
-            # The docstrings document the sender as ``args`` (the parameter checkers see).
-            func.docstring.value = _PARAM_ARGS.sub(r"\1:param sender:", func.docstring.value)
-        result = _awaited_result(func.returns)
-        if result is not None and "async" not in func.labels:
-            func.returns = result  # type: ignore[assignment]
-            func.labels.add("async")
+        signal_class = pkg.get_member(_SIGNAL_CLASS.removeprefix("asignals."))
+        methods = [m for m in signal_class.members.values() if isinstance(m, griffe.Function)]
+        senders = [m for m in methods if _is_paramspec_pair(m)]
+        if not senders:
+            # Fail the strict build rather than silently show P.args again.
+            griffe.logger.warning(
+                "docs/_hooks/sender_signatures.py: no method of %s is typed "
+                "(*args: P.args, **kwargs: P.kwargs) any more; update the extension",
+                _SIGNAL_CLASS,
+            )
+        for method in senders:
+            _show_as_sender_call(method)
