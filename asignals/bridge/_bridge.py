@@ -30,9 +30,11 @@ __all__ = ["Bridge", "Mode"]
 logger = logging.getLogger("asignals.bridge")
 
 Mode = Literal["broadcast", "shared", "publish"]
-"""How a bridge takes part in its stream: ``"broadcast"`` (every bridge on the stream gets every
-event), ``"shared"`` (one bridge of each ``group`` handles each event, as a worker pool) or
-``"publish"`` (only sends, never receives)."""
+"""How a bridge takes part in its stream, the ``mode=`` of :class:`Bridge`.
+
+``"broadcast"``: every bridge on the stream gets every event. ``"shared"``: one bridge of each
+``group`` handles each event, as a worker pool. ``"publish"``: it only sends, never receives.
+"""
 S = TypeVar("S")
 
 
@@ -171,16 +173,39 @@ class Bridge:
                 raise ValueError(f"{option}=(initial, maximum) seconds: {exc}") from None
         signal_list = _signal_list(signals)
         sender_map = _sender_map(senders)
-        #: The broker this bridge publishes to and reads from.
         self.transport = transport
+        """The transport this bridge publishes to and reads from (``RedisStreams``, ...).
+
+        Reach the broker through it, e.g. ``InMemory.dead_letters`` in a test.
+        """
         self.stream = stream
+        """The stream name: bridges on the same stream (and broker) exchange events."""
         self.mode: Mode = mode
+        """How this bridge takes part in its stream: ``"broadcast"``, ``"shared"`` or ``"publish"``.
+
+        See :data:`Mode`; ``"publish"`` bridges send and never receive.
+        """
         self.group = group
+        """The consumer group of a ``"shared"`` bridge (one per service), else ``None``."""
         host, pid, token = socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8]
-        #: Identifies this bridge in envelopes; its own events are never delivered back to it.
         self.origin = f"{host}:{pid}:{token}"
+        """``host:pid:token``, unique per bridge: written into every envelope it publishes.
+
+        A bridge never delivers its own events back to itself: their local receivers already
+        ran in the send.
+        """
         self.consumer = consumer or f"{host}-{pid}-{token}"
+        """This worker's name in its ``group`` (the ``consumer=`` given, else ``host-pid-token``).
+
+        Give a stable name to a worker that restarts: it then takes back the events it held
+        unacknowledged when it stopped, instead of leaving them until ``claim_idle``.
+        """
         self.codec = codec if codec is not None else JsonCodec()
+        """The :class:`JsonCodec` that turns senders and keyword values into envelopes.
+
+        Register your own classes on it (``bridge.codec.register(Order)``), under the same
+        name in every process that sends or receives them.
+        """
         self._registry = Registry(self.codec, self.origin, group, max_message_bytes)
         self._confirm = confirm
         self._publish_timeout = float(publish_timeout)
@@ -414,8 +439,10 @@ class Bridge:
     # -- the outbox port -------------------------------------------------------------------
 
     def carries(self, signal: Any) -> bool:
-        """True when ``signal`` is attached to this bridge (an outbox routes it through its
-        table)."""
+        """Whether ``signal`` is attached to this bridge, so its sends are published.
+
+        An outbox asks it to choose which sends get a row in its table.
+        """
         return self._registry.signal_name(signal) is not None
 
     def encode(self, signal: Any, sender: Any, kwargs: dict[str, Any]) -> Encoded:

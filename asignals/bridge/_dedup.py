@@ -21,6 +21,11 @@ class Deduplicator:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
         self.maxsize = maxsize
+        """How many event ids it remembers: one redelivered after that many others runs again.
+
+        Size it above the events one process handles within the longest redelivery delay
+        (``claim_idle``, an outbox relay's retries).
+        """
         self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def seen(self, envelope_id: str) -> bool:

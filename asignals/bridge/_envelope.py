@@ -46,7 +46,9 @@ class Encoded:
     """
 
     id: str
+    """The envelope id, fixed at encoding: a republished event keeps it (de-duplicate on it)."""
     data: bytes
+    """The bytes to store and then hand to ``publish_encoded`` unchanged."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

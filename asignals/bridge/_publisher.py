@@ -27,8 +27,15 @@ logger = logging.getLogger("asignals.bridge")
 
 
 class PublishError(RuntimeError):
-    """An event could not be handed to the broker before ``publish_timeout`` ran out, or the
-    broker refused it, or the bridge is not running."""
+    """The broker did not confirm an event: unreachable in time, refused, or no bridge running.
+
+    The broker could not be reached before ``publish_timeout`` ran out, it refused the event,
+    or the bridge is not running (or stopped before the event was stored). A confirmed send
+    (``confirm=True``) of a bridged signal gets it after its local receivers ran: in the
+    send's ``ExceptionGroup`` (``except* PublishError``), or in its slot of ``send_robust``'s
+    results. ``publish_encoded`` (an outbox relay's publish) raises it too, and so does
+    ``start()`` when the transport cannot connect within ``publish_timeout``.
+    """
 
 
 class _Pending:

@@ -76,7 +76,17 @@ class DeadLetter:
     """A message the bridge gave up on: its bytes as received and why, with provenance."""
 
     message: bytes
+    """The message exactly as the broker held it (an envelope, or whatever was published).
+
+    Decode it with the bridge's codec to inspect or re-send the event by hand.
+    """
     provenance: Mapping[str, str]
+    """Why and where it failed, str to str; read it to decide whether to fix and replay.
+
+    ``reason`` (see :attr:`reason`) and ``error`` always; from a reader also ``error_type``,
+    ``attempts``, ``failed_receivers``, ``first_delivery``, ``last_delivery``, ``original_id``;
+    ``signal`` and ``envelope_id`` when the envelope could be read.
+    """
 
     @property
     def reason(self) -> str:

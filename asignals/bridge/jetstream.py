@@ -173,6 +173,7 @@ class JetStream:
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         self.url = url
+        """The NATS server URL this transport connects to (``nats://host:port``)."""
         self._max_msgs = max_msgs if max_msgs is not None else -1
         self._limits: dict[str, Any] = {
             "max_age": max_age,
@@ -194,7 +195,15 @@ class JetStream:
         self._batches: dict[str, _Batch] = {}  # in flight, by batch id
         self._batch_ids = itertools.count()
         self.stream = ""
+        """The bridge's stream name, set when the bridge opens the transport (``""`` before).
+
+        Used as both the JetStream stream and its subject.
+        """
         self.dead_letter_stream = ""
+        """Where dead letters go (stream and subject), set when the bridge opens the transport.
+
+        ``dead_letter_stream=`` if given, else ``<stream>:dead``.
+        """
         self._stream_ready = False
         self._dead_ready = False
 

@@ -80,6 +80,7 @@ class InMemory:
         self._block = block
         self._stream: _Stream | None = None
         self.stream = ""
+        """The stream name this transport was opened on by its bridge (``""`` before that)."""
 
     def __repr__(self) -> str:
         return "InMemory()"
@@ -91,8 +92,10 @@ class InMemory:
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters of the stream this transport was opened on, oldest first (also
-        after the bridge stopped)."""
+        """The dead letters of this transport's stream, oldest first, for a test to inspect.
+
+        They stay readable after the bridge stopped, until :meth:`reset`.
+        """
         stream = self._streams.get(self.stream)
         return list(stream.dead) if stream is not None else []
 

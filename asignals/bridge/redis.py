@@ -109,7 +109,13 @@ class RedisStreams:
         self._dead_maxlen = dead_letter_maxlen
         self._block = block
         self.stream = ""
+        """The Redis stream key events go to, set when the bridge opens the transport."""
         self.dead_letter_stream = dead_letter_stream or ""
+        """The Redis stream key dead letters go to: read it with ``XRANGE`` to inspect them.
+
+        ``dead_letter_stream=`` if given, else ``<stream>:dead`` (set when the bridge opens the
+        transport).
+        """
         self._append: Any = None
 
     def __repr__(self) -> str:

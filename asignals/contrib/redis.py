@@ -58,5 +58,8 @@ class RedisBridge(Bridge):
             block=block,
         )
         super().__init__(transport, **options)
-        #: The stream dead letters go to (``<stream>:dead`` unless given).
         self.dead_letter_stream = dead_letter_stream or f"{self.stream}:dead"
+        """The Redis stream key dead letters go to: read it with ``XRANGE`` to inspect them.
+
+        ``dead_letter_stream=`` if given, else ``<stream>:dead``.
+        """

@@ -14,6 +14,8 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const):`~?([^`]+)`")
+# ``:raises ~asignals.BacklogFull:`` shows ``BacklogFull`` in Sphinx; Griffe would show the ``~``.
+_RAISES_TILDE = re.compile(r"^(\s*:raises\s+)~(?:[\w.]+\.)?(\w+)", re.MULTILINE)
 
 
 def _name(match: re.Match[str]) -> str:
@@ -23,8 +25,10 @@ def _name(match: re.Match[str]) -> str:
 
 
 class SphinxRoles(griffe.Extension):
-    """Rewrite ``:role:`target``` to ```target``` in every docstring."""
+    """Rewrite ``:role:`target``` to ```target``` in every docstring, and
+    ``:raises ~a.b.C:`` to ``:raises C:``."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(_name, obj.docstring.value)
+            value = _ROLE.sub(_name, obj.docstring.value)
+            obj.docstring.value = _RAISES_TILDE.sub(r"\1\2", value)

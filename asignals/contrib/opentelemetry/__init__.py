@@ -37,9 +37,18 @@ from ._wrappers import wrap_send, wrap_submit, wrap_submit_wait
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
 ReceiverSpans = Literal["all", "slow", "none"]
+"""Which receivers get a span of their own, the ``receivers=`` of :func:`instrument`.
 
-#: The instrumentation scope name of every span and metric.
+``"all"``; ``"slow"``, those that took at least ``min_receiver_ms`` or raised (the default);
+``"none"``, only the send's span.
+"""
+
 SCOPE: Final = "asignals"
+"""The instrumentation scope name of every span and metric asignals records.
+
+Select or drop asignals' telemetry by it in a collector or SDK view (``InstrumentationScope``
+name ``"asignals"``).
+"""
 
 # What instrument() replaced: (owner, attribute, original), restored in reverse order.
 _patched: list[tuple[Any, str, Any]] = []

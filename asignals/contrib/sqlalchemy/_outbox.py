@@ -88,21 +88,45 @@ class Outbox:
         if not isinstance(table, str) or not table:
             raise ValueError(f"table must be a non-empty table name, got {table!r}")
         self.bridge = bridge
+        """The :class:`~asignals.bridge.Bridge` this outbox writes for.
+
+        Its signals decide which sends get a row, its codec encodes them, and relays publish
+        through it: start it (``async with bridge``) before :meth:`relay`.
+        """
         self.metadata = metadata if metadata is not None else MetaData()
+        """The ``MetaData`` holding :attr:`table`: the ``metadata=`` passed, else a private one.
+
+        Pass your models' ``MetaData`` so that ``create_all()`` and Alembic's autogenerate see
+        the outbox table with the rest of the schema.
+        """
         key = f"{schema}.{table}" if schema else table
         existing = self.metadata.tables.get(key)
-        #: The outbox ``Table`` (in :attr:`metadata`): rows wait here for the relay.
         self.table: Table = (
             existing if existing is not None else _define(self.metadata, table, schema)
         )
-        #: The PostgreSQL ``NOTIFY`` channel that wakes relays at COMMIT.
+        """The outbox ``Table`` (in :attr:`metadata`): one row per event waiting for a relay.
+
+        Committed rows are deleted once the broker confirmed them, so counting its rows shows
+        the backlog (events committed and not yet published).
+        """
         self.channel = table[:63]
-        #: Whether a transaction that writes rows sends ``NOTIFY`` (PostgreSQL): relays wake at
-        #: once. It costs the COMMIT about as much as the rows' INSERT; without it relays
-        #: find rows at their next poll.
+        """The PostgreSQL ``NOTIFY`` channel that wakes relays at COMMIT.
+
+        The table name, cut to PostgreSQL's 63-character identifier limit. Only used when
+        :attr:`notify` is on.
+        """
         self.notify = bool(notify)
-        #: The engine :meth:`relay` uses by default (from :meth:`create` or ``install()``).
+        """Whether a transaction that writes rows sends ``NOTIFY`` (PostgreSQL only).
+
+        With it, relays wake at COMMIT; it costs the COMMIT about as much as the rows' INSERT.
+        Without it, relays find rows at their next poll (``poll_interval``).
+        """
         self.engine: AsyncEngine | None = None
+        """The engine :meth:`relay` uses when given none, or ``None`` until one is known.
+
+        Set by :meth:`create`, and by ``install(target, outbox=outbox)`` when ``target`` is an
+        ``AsyncEngine``, an ``AsyncSession`` or an ``async_sessionmaker`` bound to one.
+        """
 
     def __repr__(self) -> str:
         return f"<Outbox {self.table.fullname!r} via {self.bridge!r}>"
@@ -163,10 +187,10 @@ class Outbox:
     async def send(
         self, session: AsyncSession | Session, signal: AsyncSignal, sender: Any, **kwargs: Any
     ) -> list[tuple[Any, Any]]:
-        """Send ``signal`` to the local receivers, and write its remote copy in ``session``'s
-        transaction: other processes get it once (and only if) that transaction commits.
+        """Send ``signal`` locally and write its remote copy in ``session``'s transaction.
 
-        For a domain event that belongs to the data being written (``order_placed`` with the
+        Other processes get the event once, and only if, that transaction commits. For a
+        domain event that belongs to the data being written (``order_placed`` with the
         order). Returns the local send's results. Raises before anything runs when the signal
         is not carried by the bridge, cannot be encoded, or the session has no transaction.
         """

@@ -60,11 +60,24 @@ class Relay:
         if not 0 < first <= most:
             raise ValueError("backoff must be (first, max) seconds with 0 < first <= max")
         self.outbox = outbox
+        """The :class:`Outbox` whose table this relay publishes from."""
         self.engine = engine
+        """The engine this relay reads, locks and deletes the outbox rows through."""
         self.batch_size = batch_size
+        """The most rows one pass locks and publishes; a full batch starts the next at once."""
         self.poll_interval = poll_interval
+        """Seconds between looks at the table when no ``NOTIFY`` wakes the relay first."""
         self.published = 0
+        """Rows this relay published (broker-confirmed, then deleted) since it was created.
+
+        Read it in a health check or a test: it grows while the broker takes the events.
+        """
         self.dead_lettered = 0
+        """Rows this relay dead-lettered and deleted since it was created (undecodable ones).
+
+        Anything above zero is a row no consumer could read: the bridge's dead letters hold
+        it with the reason.
+        """
         self._listen = listen and engine.dialect.name == "postgresql"
         self._backoff = (first, most)
         self._locking = engine.dialect.name == "postgresql"
