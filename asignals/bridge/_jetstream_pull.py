@@ -113,8 +113,10 @@ class Puller:
 
     def _on_message(self, msg: Msg) -> None:
         self._queue.append(msg)
-        if self._waiter is not None:
-            _wake(self._waiter)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None  # woken once: the messages behind it need not look again
+            _wake(waiter)
 
     async def _request(self, body: bytes, left: int, lasts: float) -> None:
         reply = f"{self._inbox}.{next(self._ids)}"
