@@ -9,8 +9,17 @@ function is the one place where its untyped call enters the typed code (a ``cast
 JetStream tests run every one of them against a real server.
 
 Every publish acknowledgement and every delivery is one NATS message, so what nats-py does per
-message is most of the transport's cost: :func:`listen` hands messages over without its queue
-and task, :func:`publish_batch` writes a batch without its per-message checks.
+message is most of the transport's cost. Three short ways around its general code, each for the
+bridge's own traffic only (everything else takes nats-py's way):
+
+- :func:`listen` subscribes with a sink in place of a callback: no queue, task or coroutine
+  per message;
+- :func:`connect` gives the client a parser that hands the plain messages of those
+  subscriptions (``MSG`` lines: acknowledgements, deliveries) to their sink as it reads them,
+  without nats-py's regular expressions and per-message coroutines; anything else (headers,
+  ``PING``, ``INFO``, errors, a message cut by the end of a read) goes to nats-py's parser,
+  in order;
+- :func:`publish_batch` writes a batch without nats-py's per-message checks.
 
 At import time nats-py is needed for type checking only (``connect`` and ``publish_batch``
 import it when called): importing this module never fails, and
@@ -19,6 +28,7 @@ import it when called): importing this module never fails, and
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -30,6 +40,7 @@ if TYPE_CHECKING:
     from nats.js import api
     from nats.js.client import JetStreamContext
     from nats.js.manager import JetStreamManager
+    from nats.protocol.parser import Parser
 
 __all__ = ["add_consumer", "add_stream", "connect", "jetstream", "listen", "publish_batch"]
 
@@ -63,6 +74,10 @@ class _Sink:
             logger.exception("handling a NATS message on %s failed", msg.subject)
 
 
+class _Listened(Protocol):
+    _future: object  # a _Sink for the subscriptions made by listen()
+
+
 class _Nats(Protocol):
     async def connect(self, servers: str, **options: Any) -> Client: ...
 
@@ -84,10 +99,84 @@ class _Manager(Protocol):
 
 
 async def connect(servers: str, **options: Any) -> Client:
-    """``nats.connect(servers, **options)``: ``options`` are ``Client.connect``'s keywords."""
-    import nats  # here, not above: see the module's docstring
+    """``nats.connect(servers, **options)`` with the bridge's parser (see the module's
+    docstring): ``options`` are ``Client.connect``'s keywords."""
+    from nats.aio.client import Client  # here, not above: see the module's docstring
 
-    return await cast(_Nats, nats).connect(servers, **options)
+    client = Client()
+    client._ps = _parser_class()(client)  # before any byte is read: no state to carry over
+    await cast(_Nats, client).connect(servers, **options)
+    return client
+
+
+def _take_listened(client: Client, buf: bytearray) -> tuple[int, bool]:
+    """Hand the complete ``MSG``s at the front of ``buf`` whose subscription was made by
+    :func:`listen` to its sink: how many bytes they took (the caller deletes them), and
+    whether what follows is one of them still arriving (so nats-py need not look at it yet).
+
+    Stops at the first thing that is anything else, so that nats-py parses the rest in order.
+    The line is ``MSG <subject> <sid> [<reply>] <size>``, then the payload, each ending CRLF.
+    """
+    subs = cast("dict[int, _Listened]", client._subs)
+    build = client._build_message
+    start = count = size = 0
+    while buf.startswith(b"MSG ", start):
+        end = buf.find(b"\r\n", start)
+        if end < 0:
+            return start, True  # the line is cut: the next read completes it
+        fields = buf[start + 4 : end].split()
+        if len(fields) == 4:
+            subject, sid_field, reply, size_field = fields
+        elif len(fields) == 3:
+            subject, sid_field, size_field = fields
+            reply = bytearray()
+        else:
+            break
+        if not (sid_field.isdigit() and size_field.isdigit()):
+            break  # nats-py's parser reports it
+        sid = int(sid_field)
+        sub = subs.get(sid)
+        sink = sub._future if sub is not None else None
+        if type(sink) is not _Sink:
+            break
+        body = end + 2
+        stop = body + int(size_field)
+        if len(buf) < stop + 2:
+            return start, True  # the payload is cut
+        data = bytes(buf[body:stop])
+        sink.set_result(build(sid, bytes(subject), bytes(reply), data, None))
+        count += 1
+        size += len(data)
+        start = stop + 2
+    if count:
+        client.stats["in_msgs"] += count
+        client.stats["in_bytes"] += size
+    return start, False
+
+
+@functools.cache
+def _parser_class() -> type[Parser]:
+    from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
+
+    class BridgeParser(Parser):
+        """nats-py's parser, with the short way for :func:`listen` subscriptions in front."""
+
+        def __init__(self, client: Client) -> None:
+            super().__init__(client)  # pyright: ignore[reportUnknownMemberType] - nc: unannotated
+            self._client = client
+
+        async def parse(self, data: bytes = b"") -> None:
+            buf = self.buf
+            buf.extend(data)
+            if self.state == AWAITING_CONTROL_LINE:  # not inside a message nats-py began
+                taken, cut = _take_listened(self._client, buf)
+                if taken:
+                    del buf[:taken]
+                if cut or not buf:
+                    return
+            await super().parse()
+
+    return BridgeParser
 
 
 def jetstream(client: Client, *, timeout: float) -> JetStreamContext:
