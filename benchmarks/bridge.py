@@ -78,7 +78,9 @@ async def _redis_raw_producer(url: str, stream: str) -> tuple[Any, Callable[[byt
     from redis.asyncio import BlockingConnectionPool, Redis
 
     # 200 concurrent sends share 20 connections, as a web app's requests share its pool.
-    client = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=20))
+    client = Redis(
+        connection_pool=BlockingConnectionPool.from_url(url, max_connections=20, timeout=None)
+    )
 
     async def send(data: bytes) -> None:
         await client.xadd(stream, {"e": data}, maxlen=100_000, approximate=True)
