@@ -8,8 +8,13 @@ For each transport a consumer process runs a broadcast bridge; this process publ
 1. Throughput: N events sent as fast as possible from 200 concurrent tasks (a web app's
    concurrent requests), with ``confirm=True`` (each send returns once the broker stored it)
    and with ``confirm=False``; events/s from the first send until the consumer process ran
-   the receiver of the last one. Repeated K times, transports interleaved (A, B, A, B...) so
-   that drifts of the machine hit all alike; the median is reported.
+   the receiver of the last one. Beside it the same N stamped payloads sent by 200 tasks
+   through the bare client (each send awaiting the server's reply: ``XADD`` with redis-py,
+   ``js.publish`` with nats-py) to its plain consumer, and the bridge's rate as a share of
+   it, which a loaded machine changes much less than the rates themselves. The CPU time per
+   event of the sending and of the receiving process is shown too (the server's is not).
+   Repeated K times, transports interleaved (A, B, A, B...) so that drifts of the machine
+   hit all alike; the medians are reported.
 2. Latency: one send at a time at R events/s for S seconds, each stamped with
    ``time.monotonic_ns()`` (one clock for every process on Linux); the consumer reports
    p50/p99/max from the send call to its receiver running. Beside each transport, its
@@ -70,9 +75,12 @@ async def _redis_raw_consumer(url: str, stream: str, on_message: Callable[[bytes
 
 
 async def _redis_raw_producer(url: str, stream: str) -> tuple[Any, Callable[[bytes], Any]]:
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
 
-    client = Redis.from_url(url)
+    # 200 concurrent sends share 20 connections, as a web app's requests share its pool.
+    client = Redis(
+        connection_pool=BlockingConnectionPool.from_url(url, max_connections=20, timeout=None)
+    )
 
     async def send(data: bytes) -> None:
         await client.xadd(stream, {"e": data}, maxlen=100_000, approximate=True)
@@ -147,6 +155,10 @@ TRANSPORTS: dict[str, tuple[str, Callable[[str], Transport], Any]] = {
 }
 
 
+def _median(runs: list[Rate], field: str) -> float:
+    return statistics.median(getattr(r, field) for r in runs)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -163,6 +175,7 @@ async def consumer(name: str, url: str, stream: str) -> None:
     """Count each phase; print a JSON line when a phase's last event arrived."""
     counts: dict[str, int] = {}
     expected: dict[str, int] = {}
+    cpu_start: dict[str, float] = {}
     latencies: list[float] = []
     done = asyncio.Event()
 
@@ -179,8 +192,11 @@ async def consumer(name: str, url: str, stream: str) -> None:
             return
         count = counts[phase] = counts.get(phase, 0) + 1
         expected[phase] = total
+        if count == 1:
+            cpu_start[phase] = time.process_time()
         if count == total:
-            print(json.dumps({"phase": phase, "last_recv": now}), flush=True)
+            cpu_us = (time.process_time() - cpu_start[phase]) / max(1, total - 1) * 1e6
+            print(json.dumps({"phase": phase, "last_recv": now, "cpu_us": cpu_us}), flush=True)
 
     def raw(data: bytes) -> bool:
         body = json.loads(data)
@@ -226,15 +242,25 @@ class Remote:
         return result
 
 
+class Rate:
+    """One throughput run: events/s end to end, CPU microseconds per event on each side."""
+
+    def __init__(self, events: int, start: int, cpu: float, result: dict[str, Any]) -> None:
+        self.rate = events / ((result["last_recv"] - start) / 1e9)
+        self.sender_us = cpu / events * 1e6
+        self.receiver_us: float = result["cpu_us"]
+
+
 async def throughput(
     remote: Remote, events: int, concurrency: int, confirm: bool, run: int
-) -> float:
+) -> Rate:
     phase = f"{'confirmed' if confirm else 'unconfirmed'}-{run}"
     amount = Decimal("19.99")
     async with _bridge(
         remote.name, remote.url, remote.stream, mode="publish", confirm=confirm
     ) as b:
         start = time.monotonic_ns()
+        cpu = time.process_time()
 
         async def sender(first: int) -> None:
             for n in range(first, events, concurrency):
@@ -244,8 +270,28 @@ async def throughput(
 
         await asyncio.gather(*(sender(k) for k in range(concurrency)))
         await b.flush()
-    result = await remote.result()
-    return events / ((result["last_recv"] - start) / 1e9)
+        cpu = time.process_time() - cpu
+    return Rate(events, start, cpu, await remote.result())
+
+
+async def raw_throughput(remote: Remote, events: int, concurrency: int, run: int) -> Rate:
+    """The same events through the bare client: each send awaits the server's reply."""
+    client, send = await TRANSPORTS[remote.name][2][1](remote.url, remote.stream + "-raw")
+    try:
+        start = time.monotonic_ns()
+        cpu = time.process_time()
+
+        async def sender(first: int) -> None:
+            for n in range(first, events, concurrency):
+                body = {"phase": f"bare-{run}", "sent": 0, "total": events, "n": n,
+                        "order_id": str(n), "amount": "19.99"}  # fmt: skip
+                await send(json.dumps(body).encode())
+
+        await asyncio.gather(*(sender(k) for k in range(concurrency)))
+        cpu = time.process_time() - cpu
+    finally:
+        await client.aclose()
+    return Rate(events, start, cpu, await remote.result())
 
 
 async def latency(remote: Remote, rate: int, count: int) -> list[float]:
@@ -321,15 +367,22 @@ async def producer(options: argparse.Namespace, extra: list[str]) -> None:
     ]
     for remote in remotes:
         await remote.start()
-    rates: dict[tuple[str, bool], list[float]] = {}
+    rates: dict[tuple[str, str], list[Rate]] = {}
     try:
         for run in range(options.repeats):
-            for confirm in (True, False):
+            for kind in ("confirmed", "bare", "unconfirmed"):
                 for remote in remotes:  # interleaved: A, B, A, B ...
-                    rate = await throughput(
-                        remote, options.events, options.concurrency, confirm, run
-                    )
-                    rates.setdefault((remote.name, confirm), []).append(rate)
+                    if kind == "bare":
+                        if TRANSPORTS[remote.name][2] is None:
+                            continue
+                        rate = await raw_throughput(
+                            remote, options.events, options.concurrency, run
+                        )
+                    else:
+                        rate = await throughput(
+                            remote, options.events, options.concurrency, kind == "confirmed", run
+                        )
+                    rates.setdefault((remote.name, kind), []).append(rate)
         count = int(options.rate * options.seconds)
         lat: dict[str, list[list[float]]] = {}
         for _run in range(options.repeats):
@@ -347,13 +400,24 @@ async def producer(options: argparse.Namespace, extra: list[str]) -> None:
         f"\nevents/s end to end, {options.events:,} events, {options.concurrency} sends in "
         f"flight, median of {options.repeats} (target >= 30,000 confirmed):"
     )
-    print(f"{'transport':<{width}}{'confirmed':>14}{'unconfirmed':>14}   all runs (confirmed)")
+    print(f"{'transport':<{width}}{'confirmed':>11}{'unconfirmed':>13}{'bare client':>13}"
+          f"{'share':>7}   CPU us/event sent/received (bare)   all runs (confirmed)")  # fmt: skip
     for name in names:
-        conf, unconf = rates[(name, True)], rates[(name, False)]
-        runs = ", ".join(f"{r:,.0f}" for r in conf)
+        conf, unconf = rates[(name, "confirmed")], rates[(name, "unconfirmed")]
+        bare = rates.get((name, "bare"), [])
+        runs = ", ".join(f"{r.rate:,.0f}" for r in conf)
+        cpu = f"{_median(conf, 'sender_us'):.1f} / {_median(conf, 'receiver_us'):.1f}"
+        bare_rate = share = ""
+        if bare:
+            bare_rate = f"{_median(bare, 'rate'):,.0f}"
+            # Per run (the same minute of the machine), then the median.
+            share = (
+                f"{statistics.median(c.rate / b.rate for c, b in zip(conf, bare, strict=True)):.0%}"
+            )
+            cpu += f" ({_median(bare, 'sender_us'):.1f} / {_median(bare, 'receiver_us'):.1f})"
         print(
-            f"{name:<{width}}{statistics.median(conf):>14,.0f}"
-            f"{statistics.median(unconf):>14,.0f}   {runs}"
+            f"{name:<{width}}{_median(conf, 'rate'):>11,.0f}{_median(unconf, 'rate'):>13,.0f}"
+            f"{bare_rate:>13}{share:>7}   {cpu:<34}  {runs}"
         )
     print(f"\nsend -> remote receiver latency at {options.rate:,} events/s, {count:,} events, "
           f"confirm=True, median of {options.repeats} (target p99 < 2 ms):")  # fmt: skip

@@ -212,3 +212,51 @@ async def test_a_message_the_stream_refuses_fails_its_send_at_once(
         PublishError, match="refused the message: message size exceeds maximum"
     )
     assert (await js.stream_info(stream)).state.messages == 1
+
+
+async def test_events_of_every_size_arrive_whole_and_in_order(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    """The bridge reads its acknowledgements and deliveries with its own parser: bursts of
+    small events, events larger than one socket read, and payloads holding the protocol's own
+    words (``\\r\\nMSG ...``) all arrive intact, in the order sent, to broadcast and shared."""
+    here, there, worker = (AsyncSignal(name="parcel") for _ in range(3))
+    seen: list[tuple[int, str]] = []
+    handled: list[tuple[int, str]] = []
+    there.connect(lambda sender, n, note, **kw: seen.append((n, note)), weak=False)
+    worker.connect(lambda sender, n, note, **kw: handled.append((n, note)), weak=False)
+    notes = ["", "x", "\r\nMSG fake 1 2\r\nab\r\n", "PING\r\n", "é" * 70_000, "y" * 200_000]
+    sent = [(n, notes[n % len(notes)]) for n in range(600)]
+    async with (
+        bridge(nats_url, stream, there),
+        bridge(nats_url, stream, worker, mode="shared", group="g"),
+        bridge(nats_url, stream, here, mode="publish", confirm=False) as producer,
+    ):
+        for n, note in sent:
+            await here.send(None, n=n, note=note)  # queued: written in batches
+        await producer.flush()
+        await here.send(None, n=len(sent), note="confirmed")  # one acknowledged alone
+        await eventually(lambda: len(seen) == len(handled) == len(sent) + 1, timeout=30)
+    assert seen == handled == [*sent, (len(sent), "confirmed")]
+    assert (await js.stream_info(stream)).state.messages == len(sent) + 1
+
+
+async def test_a_payload_over_the_servers_limit_fails_its_send_and_nothing_else(
+    nats_url: str, js: Any, stream: str
+) -> None:
+    """With max_message_bytes above the server's max_payload (1 MB by default), the send of
+    a bigger event fails with PublishError at once, nothing of its batch is stored, and the
+    connection carries the next events as usual."""
+    here, there = AsyncSignal(name="blob"), AsyncSignal(name="blob")
+    got: list[int] = []
+    there.connect(lambda sender, size, **kw: got.append(size), weak=False)
+    async with (
+        bridge(nats_url, stream, there),
+        bridge(nats_url, stream, here, mode="publish", max_message_bytes=4 << 20, **FAST),
+    ):
+        with pytest.raises(ExceptionGroup) as caught:
+            await here.send(None, size=2 << 20, blob="z" * (2 << 20))
+        await here.send(None, size=1, blob="z")
+        await eventually(lambda: got == [1])
+    assert caught.group_contains(PublishError, match="refused the event: MaxPayloadError")
+    assert (await js.stream_info(stream)).state.messages == 1

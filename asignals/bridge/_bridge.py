@@ -22,7 +22,7 @@ from ._dedup import Deduplicator
 from ._envelope import Encoded, Event, Registry
 from ._publisher import Publisher, PublishError
 from ._receiving import Receiver
-from ._sending import Outgoing, delivering, install, uninstall
+from ._sending import Outgoing, delivering, install, same_objects, uninstall
 from ._transport import DeadLetter, Transport, Unavailable
 
 __all__ = ["Bridge", "Mode"]
@@ -47,9 +47,7 @@ def _is_remote_echo(signal: Any, sender: Any, kwargs: dict[str, Any]) -> bool:
     event: Event | None = delivering.get()
     if event is None or event.signal is not signal or event.sender is not sender:
         return False
-    if event.kwargs.keys() != kwargs.keys():
-        return False
-    return all(kwargs[k] is v for k, v in event.kwargs.items())
+    return same_objects(event.kwargs, kwargs)
 
 
 def _signal_list(signals: object) -> list[Any]:

@@ -99,7 +99,7 @@ class Puller:
         self._queue.clear()
 
     async def start(self) -> None:
-        self._sub = await _nats_calls.subscribe(self._client, f"{self._inbox}.*", self._on_message)
+        self._sub = await _nats_calls.listen(self._client, f"{self._inbox}.*", self._on_message)
 
     async def close(self) -> list[Msg]:
         """Stop listening; returns the messages that arrived but were never fetched."""
@@ -111,10 +111,12 @@ class Puller:
         self._queue.clear()
         return left
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         self._queue.append(msg)
-        if self._waiter is not None:
-            _wake(self._waiter)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None  # woken once: the messages behind it need not look again
+            _wake(waiter)
 
     async def _request(self, body: bytes, left: int, lasts: float) -> None:
         reply = f"{self._inbox}.{next(self._ids)}"

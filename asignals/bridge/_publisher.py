@@ -89,7 +89,8 @@ class Publisher:
         """Queue one envelope without suspending. Returns what the caller must await: with
         ``confirm``, a future that resolves once the broker stored it; when the queue is full,
         a coroutine that waits for room first; otherwise ``None``."""
-        self._check_running()
+        if self._closing or self._task is None:
+            self._check_running()  # raises (the test inline spares a call on every send)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         if len(self._queue) + len(self._inflight) >= self._max_pending:
