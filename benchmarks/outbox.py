@@ -36,7 +36,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 from subprocess import PIPE
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Numeric, String, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -46,6 +46,9 @@ from asignals import AsyncSignal
 from asignals.bridge import Bridge, RedisStreams
 from asignals.contrib.sqlalchemy import Outbox, install, uninstall
 from asignals.signals import post_save
+
+if TYPE_CHECKING:
+    from asignals.contrib.sqlalchemy._relay import Relay
 
 POSTGRES_DSN = os.environ.get("ASIGNALS_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ASIGNALS_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -209,26 +212,59 @@ async def consumer(stream: str) -> None:
     print(json.dumps(arrived), flush=True)
 
 
-async def writer(stream: str, transactions: int, rate: float, per_transaction: int) -> None:
-    """A writing process: ``transactions`` (an order and its events) at ``rate``/s."""
-    engine = create_async_engine(PG_URL, pool_size=20)
-    outbox = Outbox(make_bridge(stream, [order_placed]), metadata=Base.metadata)
-    maker = async_sessionmaker(engine, expire_on_commit=False)
-    committed: dict[str, float] = {}
-    limit = asyncio.Semaphore(16)
+async def writer(
+    stream: str, transactions: int, rate: float, per_transaction: int, bare: bool
+) -> None:
+    """A writing process: ``transactions`` (an order and its events) at ``rate``/s.
 
-    async def place(n: int) -> None:
-        async with limit, maker() as session:
-            order = Order(customer=f"c{n}", total=Decimal("9.99"))
-            session.add(order)
-            await session.flush()
-            for k in range(per_transaction):
-                await outbox.send(session, order_placed, "shop", order_id=order.id, k=k)
-            # Taken as COMMIT is sent: once it returns, this task may resume after the event
-            # arrived. So the figure includes the COMMIT's own round trip (an upper bound).
-            now = time.monotonic()
-            committed.update({f"{order.id}:{k}": now for k in range(per_transaction)})
-            await session.commit()
+    ``bare``: no SQLAlchemy, no outbox: plain asyncpg commits the order with a ``NOTIFY``
+    carrying the envelopes themselves (the floor the outbox path is compared with).
+    """
+    committed: dict[str, float] = {}
+    done: dict[str, float] = {}
+    limit = asyncio.Semaphore(16)
+    bridge = make_bridge(stream, [order_placed])
+    if bare:
+        import asyncpg
+
+        pool = await asyncpg.create_pool(POSTGRES_DSN, min_size=16, max_size=16)
+        insert = f"INSERT INTO {Order.__tablename__} (customer, total) VALUES ($1, $2) RETURNING id"
+
+        async def place(n: int) -> None:
+            async with limit, pool.acquire() as conn:
+                txn = conn.transaction()
+                await txn.start()
+                order_id = await conn.fetchval(insert, f"c{n}", Decimal("9.99"))
+                keys = [f"{order_id}:{k}" for k in range(per_transaction)]
+                data = [
+                    bridge.encode(order_placed, "shop", {"order_id": order_id, "k": k}).data
+                    for k in range(per_transaction)
+                ]
+                await conn.execute("SELECT pg_notify($1, $2)", BARE_CHANNEL, _pack(data))
+                now = time.monotonic()
+                committed.update(dict.fromkeys(keys, now))
+                await txn.commit()
+                done.update(dict.fromkeys(keys, time.monotonic()))
+
+    else:
+        engine = create_async_engine(PG_URL, pool_size=20)
+        outbox = Outbox(bridge, metadata=Base.metadata)
+        maker = async_sessionmaker(engine, expire_on_commit=False)
+
+        async def place(n: int) -> None:
+            async with limit, maker() as session:
+                order = Order(customer=f"c{n}", total=Decimal("9.99"))
+                session.add(order)
+                await session.flush()
+                for k in range(per_transaction):
+                    await outbox.send(session, order_placed, "shop", order_id=order.id, k=k)
+                # Taken as COMMIT is sent: once it returns, this task may resume after the
+                # event arrived. So the figure includes the COMMIT's own round trip.
+                keys = [f"{order.id}:{k}" for k in range(per_transaction)]
+                now = time.monotonic()
+                committed.update(dict.fromkeys(keys, now))
+                await session.commit()
+                done.update(dict.fromkeys(keys, time.monotonic()))
 
     start = time.monotonic()
     tasks = []
@@ -239,8 +275,123 @@ async def writer(stream: str, transactions: int, rate: float, per_transaction: i
         tasks.append(asyncio.create_task(place(n)))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - start
-    await engine.dispose()
-    print(json.dumps({"elapsed": elapsed, "committed": committed}), flush=True)
+    if bare:
+        await pool.close()
+    else:
+        await engine.dispose()
+    report = {"elapsed": elapsed, "committed": committed, "done": done}
+    print(json.dumps(report), flush=True)
+
+
+BARE_CHANNEL = f"bench_bare_{RUN}"
+
+
+def _pack(messages: list[bytes]) -> str:
+    return json.dumps([m.decode() for m in messages])
+
+
+class _BareRelay:
+    """The floor: LISTEN, and XADD each NOTIFY's envelopes to Redis as it arrives."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def __aenter__(self) -> _BareRelay:
+        import asyncpg
+        from redis.asyncio import Redis
+
+        self._redis = Redis.from_url(REDIS_URL)
+        self._listener = await asyncpg.connect(POSTGRES_DSN)
+        await self._listener.add_listener(BARE_CHANNEL, self._notified)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._queue.put_nowait(payload)
+
+    async def _run(self) -> None:
+        while True:
+            payloads = [await self._queue.get()]
+            while not self._queue.empty():  # what arrived meanwhile goes in the same round trip
+                payloads.append(self._queue.get_nowait())
+            pipe = self._redis.pipeline(transaction=False)
+            for payload in payloads:
+                for message in json.loads(payload):
+                    pipe.xadd(self.stream, {b"e": message.encode()}, maxlen=100_000)
+            await pipe.execute()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0.2)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._listener.close()
+        await self._redis.aclose()
+
+
+class _Trace:
+    """Timestamps along the relay's path, by wrapping one relay's steps (this process)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.notified: list[float] = []
+        self.rows: dict[int, tuple[float, float, float, bytes]] = {}  # start, selected, confirmed
+        self.ends: dict[int, float] = {}  # row id -> its pass's end (DELETE and COMMIT done)
+        self.pass_starts: list[float] = []
+        notified, run_pass, publish = relay._notified, relay._pass, relay._publish
+        current: dict[str, Any] = {}
+
+        def on_notify(*args: object) -> None:
+            self.notified.append(time.monotonic())
+            notified(*args)
+
+        async def traced_pass() -> int:
+            current["start"], current["ids"] = time.monotonic(), []
+            self.pass_starts.append(current["start"])
+            found = await run_pass()
+            end = time.monotonic()
+            self.ends.update(dict.fromkeys(current["ids"], end))
+            return found
+
+        async def traced_publish(rows: list[Any]) -> tuple[list[int], BaseException | None]:
+            selected = time.monotonic()
+            result = await publish(rows)
+            confirmed = time.monotonic()
+            for row in rows:
+                self.rows[row[0]] = (current["start"], selected, confirmed, bytes(row[2]))
+                current["ids"].append(row[0])
+            return result
+
+        relay._notified = on_notify  # type: ignore[method-assign]
+        relay._pass = traced_pass  # type: ignore[method-assign]
+        relay._publish = traced_publish  # type: ignore[method-assign]
+
+    def stages(
+        self, committed: dict[str, float], done: dict[str, float], arrived: dict[str, float]
+    ) -> dict[str, dict[str, float]]:
+        """Per event key, the time of each step."""
+        import bisect
+
+        notified = sorted(self.notified)
+        out: dict[str, dict[str, float]] = {}
+        for row_id, (start, selected, confirmed, data) in self.rows.items():
+            kwargs = json.loads(data)["kwargs"]
+            key = f"{kwargs['order_id']}:{kwargs['k']}"
+            if key not in committed or key not in arrived:
+                continue
+            t0 = committed[key]
+            i = bisect.bisect_left(notified, t0)
+            out[key] = {
+                "commit": t0,
+                "committed": done[key],
+                # The first NOTIFY after the COMMIT was sent (maybe another transaction's).
+                "notify": notified[i] if i < len(notified) else float("nan"),
+                "pass": start,
+                "selected": selected,
+                "confirmed": confirmed,
+                "ended": self.ends.get(row_id, float("nan")),
+                "received": arrived[key],
+            }
+        return out
 
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
@@ -250,27 +401,36 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
 
 
 async def latency(
-    events: int, rate: float, writers: int, per_transaction: int
-) -> tuple[list[float], float]:
+    events: int, rate: float, writers: int, per_transaction: int, *, bare: bool, trace: bool
+) -> tuple[list[float], float, dict[str, dict[str, float]]]:
     """Writers and the receiver in processes of their own, the relay in this one.
 
-    ``rate`` is in events/s; each transaction carries ``per_transaction`` of them.
+    ``rate`` is in events/s; each transaction carries ``per_transaction`` of them. Returns the
+    latencies (ms), the events/s achieved and, with ``trace``, each event's steps.
     """
     engine = create_async_engine(PG_URL, pool_size=20)
-    stream = f"bench:{RUN}:latency"
+    stream = f"bench:{RUN}:latency:{uuid.uuid4().hex[:6]}"
     bridge = make_bridge(stream, [order_placed])
     outbox = Outbox(bridge, metadata=Base.metadata)
     await _create_tables(engine)
     receiver = await _spawn("--consumer", stream)
     assert receiver.stdout is not None and receiver.stdin is not None
     committed: dict[str, float] = {}
+    done: dict[str, float] = {}
+    tracer: _Trace | None = None
     try:
         await asyncio.wait_for(receiver.stdout.readline(), 30)  # "ready"
-        async with bridge, outbox.relay(engine, poll_interval=1.0):
+        if bare:
+            relay: Any = _BareRelay(stream)
+        else:
+            relay = outbox.relay(engine, poll_interval=1.0)
+            tracer = _Trace(relay) if trace else None
+        async with bridge, relay:
             each = str(events // per_transaction // writers)
             tx_rate = str(rate / per_transaction / writers)
+            kind = "bare" if bare else "outbox"
             procs = [
-                await _spawn("--writer", stream, each, tx_rate, str(per_transaction))
+                await _spawn("--writer", stream, each, tx_rate, str(per_transaction), kind)
                 for _ in range(writers)
             ]
             elapsed = 0.0
@@ -278,9 +438,10 @@ async def latency(
                 assert proc.stdout is not None
                 report = json.loads((await asyncio.wait_for(proc.stdout.readline(), 300)).decode())
                 committed.update(report["committed"])
+                done.update(report["done"])
                 elapsed = max(elapsed, report["elapsed"])
                 await proc.wait()
-            while await _rows(engine, outbox):  # noqa: ASYNC110 - polls a table
+            while not bare and await _rows(engine, outbox):  # noqa: ASYNC110 - polls a table
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.5)
         receiver.stdin.close()
@@ -296,7 +457,36 @@ async def latency(
     if missing:
         print(f"warning: {missing} event(s) did not arrive")
     waits = [(arrived[k] - v) * 1000 for k, v in committed.items() if k in arrived]
-    return waits, len(committed) / elapsed
+    steps = tracer.stages(committed, done, arrived) if tracer is not None else {}
+    return waits, len(committed) / elapsed, steps
+
+
+#: The steps of the relay path, as (label, from, to) timestamps of :meth:`_Trace.stages`.
+_STEPS = [
+    ("COMMIT round trip (writer)", "commit", "committed"),
+    ("COMMIT sent -> NOTIFY in relay", "commit", "notify"),
+    ("NOTIFY -> its pass starts", "notify", "pass"),
+    ("pass start -> rows locked (BEGIN, SELECT)", "pass", "selected"),
+    ("rows locked -> publish confirmed", "selected", "confirmed"),
+    ("publish confirmed -> remote receiver", "confirmed", "received"),
+    ("publish confirmed -> DELETE, COMMIT done", "confirmed", "ended"),
+    ("total: COMMIT sent -> remote receiver", "commit", "received"),
+]
+
+
+def _print_steps(steps: dict[str, dict[str, float]]) -> None:
+    """Each step's p50 and p99, and its mean among the slowest 1% of events."""
+    events = list(steps.values())
+    slow = sorted(events, key=lambda e: e["received"] - e["commit"])[-max(1, len(events) // 100) :]
+    print("| step | p50 (ms) | p99 (ms) | mean in the slowest 1% (ms) |")
+    print("|---|---:|---:|---:|")
+    for label, start, end in _STEPS:
+        values = [(e[end] - e[start]) * 1000 for e in events if e[end] == e[end]]
+        tail = [(e[end] - e[start]) * 1000 for e in slow if e[end] == e[end]]
+        print(
+            f"| {label} | {_pct(values, 0.5):.1f} | {_pct(values, 0.99):.1f} "
+            f"| {statistics.fmean(tail) if tail else float('nan'):.1f} |"
+        )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -308,13 +498,34 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--only", choices=["cost", "relay", "latency"], help="one part only")
     parser.add_argument("--events", type=int, default=20_000, help="rows for the relay run")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--latency-events", type=int, default=3_000)
+    parser.add_argument("--latency-repeats", type=int, default=1, help="interleaved runs")
     parser.add_argument("--rate", type=float, default=1_000.0)
     parser.add_argument("--writers", type=int, default=2, help="writing processes")
+    parser.add_argument("--trace", action="store_true", help="time each step of the relay")
     args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    if args.only in (None, "cost"):
+        await cost_section(args)
+    if args.no_postgres:
+        return
+    if args.only in (None, "relay"):
+        rates, cpu = await relay_throughput(args.events, args.batch_size)
+        print(
+            f"\n2. Relay throughput, PostgreSQL -> Redis, {args.events:,} rows, batch_size "
+            f"{args.batch_size}: median {statistics.median(rates):,.0f} events/s "
+            f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; target >= 10,000); the relay's "
+            f"process used {statistics.median(cpu):.0f} µs CPU per event "
+            f"(load average {os.getloadavg()[0]:.2f})"
+        )
+    if args.only in (None, "latency"):
+        await latency_section(args)
 
+
+async def cost_section(args: argparse.Namespace) -> None:
     print(f"\n1. Commit cost per row, median of {args.rounds} interleaved rounds\n")
     print(
         "| database | rows per transaction | no outbox (µs/row) | outbox (µs/row) | ratio "
@@ -339,35 +550,62 @@ async def main() -> None:
                 f"| {quiet:.1f} | {_ratio(cost, 'outbox, notify=False'):.2f}x |",
                 flush=True,
             )
-    if args.no_postgres:
-        return
 
-    rates, cpu = await relay_throughput(args.events, args.batch_size)
+
+async def latency_section(args: argparse.Namespace) -> None:
+    """The outbox path and the bare floor, interleaved, on the same machine at the same time."""
     print(
-        f"\n2. Relay throughput, PostgreSQL -> Redis, {args.events:,} rows, batch_size "
-        f"{args.batch_size}: median {statistics.median(rates):,.0f} events/s "
-        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}; target >= 10,000); the relay's "
-        f"process used {statistics.median(cpu):.0f} µs CPU per event"
+        f"\n3. COMMIT -> remote receiver, LISTEN/NOTIFY (target p99 < 20 ms at "
+        f"{args.rate:,.0f} events/s), {args.latency_repeats} interleaved run(s) each; bare = "
+        f"asyncpg COMMIT + NOTIFY carrying the envelopes, one XADD per NOTIFY, same receiver\n"
     )
-
-    print("\n3. COMMIT -> remote receiver, LISTEN/NOTIFY (target p99 < 20 ms at 1,000 events/s)\n")
-    print("| events per transaction | events/s asked | achieved | p50 (ms) | p99 (ms) | max (ms) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| path | events per transaction | achieved events/s | p50 (ms) | p99 (ms) | max (ms) "
+        "| load average |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for per_transaction in (1, 5):
-        values, achieved = await latency(
-            args.latency_events, args.rate, args.writers, per_transaction
-        )
-        print(
-            f"| {per_transaction} | {args.rate:,.0f} | {achieved:,.0f} | {_pct(values, 0.5):.1f} "
-            f"| {_pct(values, 0.99):.1f} | {max(values):.1f} |",
-            flush=True,
-        )
+        results: dict[str, tuple[list[float], list[float]]] = {
+            "bare": ([], []),
+            "outbox": ([], []),
+        }
+        steps: dict[str, dict[str, float]] = {}
+        loads: list[float] = []
+        for r in range(args.latency_repeats):
+            order = ["bare", "outbox"] if r % 2 == 0 else ["outbox", "bare"]
+            for path in order:
+                values, achieved, traced = await latency(
+                    args.latency_events,
+                    args.rate,
+                    args.writers,
+                    per_transaction,
+                    bare=path == "bare",
+                    trace=args.trace,
+                )
+                results[path][0].extend(values)
+                results[path][1].append(achieved)
+                steps.update({f"{r}:{k}": v for k, v in traced.items()})
+                loads.append(os.getloadavg()[0])
+        for path, (waits, rates) in results.items():
+            print(
+                f"| {path} | {per_transaction} | {statistics.median(rates):,.0f} "
+                f"| {_pct(waits, 0.5):.1f} | {_pct(waits, 0.99):.1f} | {max(waits):.1f} "
+                f"| {min(loads):.1f}-{max(loads):.1f} |",
+                flush=True,
+            )
+        if steps:
+            print(
+                f"\nWhere the time goes, outbox path, {per_transaction} event(s) per transaction:\n"
+            )
+            _print_steps(steps)
+            print(flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--consumer"]:
         asyncio.run(consumer(sys.argv[2]))
     elif sys.argv[1:2] == ["--writer"]:
-        asyncio.run(writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])))
+        args = sys.argv[2:]
+        asyncio.run(writer(args[0], int(args[1]), float(args[2]), int(args[3]), args[4] == "bare"))
     else:
         asyncio.run(main())
