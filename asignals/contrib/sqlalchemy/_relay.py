@@ -7,6 +7,12 @@ relay killed mid-pass deletes nothing: its rows are published again by the next 
 same envelope ids (at least once). Per transaction the order holds across relays: a relay that
 locked some rows of a transaction whose earlier rows another relay holds leaves them for later.
 
+On PostgreSQL the DELETE and COMMIT of a pass whose rows were all confirmed run while the next
+pass locks and publishes (at most one such pass settling at a time). They are half of a pass's
+round trips, the COMMIT waits for a WAL flush, and an event committed while they ran used to
+wait for them. The settling pass keeps its rows locked until its COMMIT, so the next pass skips
+them: no row is published twice at once, and rows are still deleted only once confirmed.
+
 A row the bridge refuses as not being a valid envelope (hand-edited, or written by a version of
 the application that no longer decodes) is dead-lettered with the reason and deleted: it never
 blocks the rows behind it. A broker outage fails the publishes; the rows stay, the relay backs
@@ -21,7 +27,8 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, all_, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Relay"]
 
 logger = logging.getLogger("asignals.outbox")
+
+_IDS = ARRAY(BigInteger)  # PostgreSQL: ids as one array parameter
 
 
 class Relay:
@@ -71,6 +80,8 @@ class Relay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._settling: asyncio.Task[None] | None = None  # a pass's DELETE and COMMIT
+        self._deleting: list[int] = []  # its rows: published, gone once it commits
         self._listener: AsyncConnection | None = None
         self._listen_failing = False
 
@@ -115,6 +126,12 @@ class Relay:
             if not done:  # a pass stuck past any sane publish timeout: its rows stay
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        settling, self._settling = self._settling, None
+        if settling is not None:  # published rows whose DELETE is under way
+            done, _ = await asyncio.wait({settling}, timeout=30.0)
+            if not done:  # they stay, and are published again
+                settling.cancel()
+            await asyncio.gather(settling, return_exceptions=True)
         await self._stop_listening()
 
     def wake(self) -> None:
@@ -158,21 +175,70 @@ class Relay:
         query = query.limit(self.batch_size)
         if self._locking:
             query = query.with_for_update(skip_locked=True)
-        error: BaseException | None = None
-        async with self.engine.begin() as conn:
+        conn = await self.engine.connect()
+        handed_over = False
+        try:
+            await conn.begin()
             rows = [tuple(row) for row in (await conn.execute(query)).all()]
             if not rows:
                 return 0
             ready = await self._in_order(conn, rows) if self._locking else rows
             done, error = await self._publish(ready)
-            if done:
-                await conn.execute(table.delete().where(table.c.id.in_(done)))
+            if error is None and self._locking:
+                # The rows stay locked until this COMMIT, so the next pass may start now.
+                await self._settled()  # one pass settling at a time
+                self._deleting = done
+                self._settling = asyncio.create_task(self._settle(conn, done))
+                handed_over = True
+            else:
+                if done:
+                    await conn.execute(self._delete(), {"ids": done})
+                await conn.commit()
+        finally:
+            if not handed_over:
+                await conn.close()  # without COMMIT: the rows stay, unlocked
         if error is not None:
             raise error
         return len(rows)
 
+    def _delete(self) -> Any:
+        table = self.outbox.table
+        if self._locking:
+            # One statement for any number of ids (an IN list is a new statement to prepare
+            # for each count).
+            return table.delete().where(table.c.id == any_(bindparam("ids", type_=_IDS)))
+        return table.delete().where(table.c.id.in_(bindparam("ids", expanding=True)))
+
+    async def _settle(self, conn: AsyncConnection, done: list[int]) -> None:
+        """Delete the confirmed rows of a pass and COMMIT (while the next pass runs)."""
+        try:
+            if done:
+                await conn.execute(self._delete(), {"ids": done})
+            await conn.commit()
+        except Exception as exc:
+            # They were confirmed: published again later, under the same ids (at least once).
+            self._deleting = []
+            logger.warning(
+                "outbox relay: deleting %d published row(s) failed (%s: %s); they will be "
+                "published again",
+                len(done),
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            await _close_quietly(conn)
+
+    async def _settled(self) -> None:
+        """Wait until the previous pass's DELETE and COMMIT are done."""
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            await asyncio.wait({settling})
+
     async def _in_order(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> list[Any]:
-        """Leave out the rows of transactions whose earlier rows another relay holds."""
+        """Leave out the rows of transactions whose earlier rows another relay holds.
+
+        The rows this relay's settling pass is deleting do not count: they were published.
+        """
         table = self.outbox.table
         first: dict[str, int] = {}
         starts: set[str] = set()
@@ -188,6 +254,8 @@ class Relay:
             .where(table.c.txn.in_([txn for txn in first if txn not in starts]))
             .group_by(table.c.txn)
         )
+        if self._deleting:
+            query = query.where(table.c.id != all_(bindparam("deleting", self._deleting, _IDS)))
         held = {txn for txn, lowest in (await conn.execute(query)).all() if lowest < first[txn]}
         return [row for row in rows if row[1] not in held]
 
