@@ -295,6 +295,7 @@ class _BareRelay:
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
+        self.notified: list[float] = []
         self._queue: asyncio.Queue[str] = asyncio.Queue()
 
     async def __aenter__(self) -> _BareRelay:
@@ -308,6 +309,7 @@ class _BareRelay:
         return self
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self.notified.append(time.monotonic())
         self._queue.put_nowait(payload)
 
     async def _run(self) -> None:
@@ -334,64 +336,88 @@ class _Trace:
 
     def __init__(self, relay: Relay) -> None:
         self.notified: list[float] = []
-        self.rows: dict[int, tuple[float, float, float, bytes]] = {}  # start, selected, confirmed
-        self.ends: dict[int, float] = {}  # row id -> its pass's end (DELETE and COMMIT done)
-        self.pass_starts: list[float] = []
-        notified, run_pass, publish = relay._notified, relay._pass, relay._publish
+        self.locked: dict[int, tuple[float, float]] = {}  # row id -> its pass's start, locked
+        self.sent: dict[int, tuple[float, float, bytes]] = {}  # -> publish start, confirmed
+        self.ends: dict[int, float] = {}  # row id -> its DELETE and COMMIT done
+        relay_: Any = relay
+        notified, run_pass, in_order, publish = (
+            relay_._notified,
+            relay_._pass,
+            relay_._in_order,
+            relay_._publish,
+        )
+        ship = getattr(relay_, "_ship", None)  # the pipelined relay hands batches on
         current: dict[str, Any] = {}
 
         def on_notify(*args: object) -> None:
             self.notified.append(time.monotonic())
             notified(*args)
 
-        async def traced_pass() -> int:
+        async def traced_pass() -> Any:
             current["start"], current["ids"] = time.monotonic(), []
-            self.pass_starts.append(current["start"])
             found = await run_pass()
-            end = time.monotonic()
-            self.ends.update(dict.fromkeys(current["ids"], end))
+            if ship is None:
+                self.ends.update(dict.fromkeys(current["ids"], time.monotonic()))
             return found
 
-        async def traced_publish(rows: list[Any]) -> tuple[list[int], BaseException | None]:
-            selected = time.monotonic()
+        async def traced_in_order(conn: Any, rows: list[Any]) -> Any:
+            locked = time.monotonic()
+            for row in rows:
+                self.locked[row[0]] = (current["start"], locked)
+                current["ids"].append(row[0])
+            return await in_order(conn, rows)
+
+        async def traced_publish(rows: list[Any]) -> Any:
+            start = time.monotonic()
             result = await publish(rows)
             confirmed = time.monotonic()
             for row in rows:
-                self.rows[row[0]] = (current["start"], selected, confirmed, bytes(row[2]))
-                current["ids"].append(row[0])
+                self.sent[row[0]] = (start, confirmed, bytes(row[2]))
             return result
 
-        relay._notified = on_notify  # type: ignore[method-assign]
-        relay._pass = traced_pass  # type: ignore[method-assign]
-        relay._publish = traced_publish  # type: ignore[method-assign]
+        async def traced_ship(conn: Any, rows: list[Any], published: Any) -> None:
+            assert ship is not None
+            await ship(conn, rows, published)
+            self.ends.update(dict.fromkeys((row[0] for row in rows), time.monotonic()))
+
+        relay_._notified = on_notify
+        relay_._pass = traced_pass
+        relay_._in_order = traced_in_order
+        relay_._publish = traced_publish
+        if ship is not None:
+            relay_._ship = traced_ship
 
     def stages(
         self, committed: dict[str, float], done: dict[str, float], arrived: dict[str, float]
     ) -> dict[str, dict[str, float]]:
         """Per event key, the time of each step."""
-        import bisect
-
         notified = sorted(self.notified)
         out: dict[str, dict[str, float]] = {}
-        for row_id, (start, selected, confirmed, data) in self.rows.items():
+        for row_id, (started, confirmed, data) in self.sent.items():
             kwargs = json.loads(data)["kwargs"]
             key = f"{kwargs['order_id']}:{kwargs['k']}"
-            if key not in committed or key not in arrived:
+            if key not in committed or key not in arrived or row_id not in self.locked:
                 continue
-            t0 = committed[key]
-            i = bisect.bisect_left(notified, t0)
-            out[key] = {
-                "commit": t0,
+            start, locked = self.locked[row_id]
+            out[key] = _steps(notified, committed[key], arrived[key]) | {
                 "committed": done[key],
-                # The first NOTIFY after the COMMIT was sent (maybe another transaction's).
-                "notify": notified[i] if i < len(notified) else float("nan"),
                 "pass": start,
-                "selected": selected,
+                "locked": locked,
+                "publishing": started,
                 "confirmed": confirmed,
                 "ended": self.ends.get(row_id, float("nan")),
-                "received": arrived[key],
             }
         return out
+
+
+def _steps(notified: list[float], committed: float, received: float) -> dict[str, float]:
+    """The steps every path has; ``notified`` sorted. The NOTIFY is the first one that came
+    after the COMMIT was sent (maybe another transaction's: the same rule for both paths)."""
+    import bisect
+
+    i = bisect.bisect_left(notified, committed)
+    notify = notified[i] if i < len(notified) else float("nan")
+    return {"commit": committed, "notify": notify, "received": received}
 
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
@@ -457,7 +483,14 @@ async def latency(
     if missing:
         print(f"warning: {missing} event(s) did not arrive")
     waits = [(arrived[k] - v) * 1000 for k, v in committed.items() if k in arrived]
-    steps = tracer.stages(committed, done, arrived) if tracer is not None else {}
+    if tracer is not None:
+        steps = tracer.stages(committed, done, arrived)
+    elif bare:
+        steps = {
+            k: _steps(relay.notified, t0, arrived[k]) for k, t0 in committed.items() if k in arrived
+        }
+    else:
+        steps = {}
     return waits, len(committed) / elapsed, steps
 
 
@@ -466,10 +499,12 @@ _STEPS = [
     ("COMMIT round trip (writer)", "commit", "committed"),
     ("COMMIT sent -> NOTIFY in relay", "commit", "notify"),
     ("NOTIFY -> its pass starts", "notify", "pass"),
-    ("pass start -> rows locked (BEGIN, SELECT)", "pass", "selected"),
-    ("rows locked -> publish confirmed", "selected", "confirmed"),
+    ("pass start -> rows locked (BEGIN, SELECT)", "pass", "locked"),
+    ("rows locked -> publish starts (previous batch confirmed)", "locked", "publishing"),
+    ("publish -> confirmed", "publishing", "confirmed"),
     ("publish confirmed -> remote receiver", "confirmed", "received"),
     ("publish confirmed -> DELETE, COMMIT done", "confirmed", "ended"),
+    ("NOTIFY -> remote receiver", "notify", "received"),
     ("total: COMMIT sent -> remote receiver", "commit", "received"),
 ]
 
@@ -561,15 +596,13 @@ async def latency_section(args: argparse.Namespace) -> None:
     )
     print(
         "| path | events per transaction | achieved events/s | p50 (ms) | p99 (ms) | max (ms) "
-        "| load average |"
+        "| NOTIFY -> receiver p50 / p99 (ms) | load average |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for per_transaction in (1, 5):
-        results: dict[str, tuple[list[float], list[float]]] = {
-            "bare": ([], []),
-            "outbox": ([], []),
-        }
-        steps: dict[str, dict[str, float]] = {}
+        waits: dict[str, list[float]] = {"bare": [], "outbox": []}
+        rates: dict[str, list[float]] = {"bare": [], "outbox": []}
+        steps: dict[str, dict[str, dict[str, float]]] = {"bare": {}, "outbox": {}}
         loads: list[float] = []
         for r in range(args.latency_repeats):
             order = ["bare", "outbox"] if r % 2 == 0 else ["outbox", "bare"]
@@ -582,22 +615,26 @@ async def latency_section(args: argparse.Namespace) -> None:
                     bare=path == "bare",
                     trace=args.trace,
                 )
-                results[path][0].extend(values)
-                results[path][1].append(achieved)
-                steps.update({f"{r}:{k}": v for k, v in traced.items()})
+                waits[path].extend(values)
+                rates[path].append(achieved)
+                steps[path].update({f"{r}:{k}": v for k, v in traced.items()})
                 loads.append(os.getloadavg()[0])
-        for path, (waits, rates) in results.items():
+        for path in ("bare", "outbox"):
+            relay = [
+                (e["received"] - e["notify"]) * 1000
+                for e in steps[path].values()
+                if e["notify"] == e["notify"]
+            ]
+            from_notify = f"{_pct(relay, 0.5):.1f} / {_pct(relay, 0.99):.1f}" if relay else "-"
             print(
-                f"| {path} | {per_transaction} | {statistics.median(rates):,.0f} "
-                f"| {_pct(waits, 0.5):.1f} | {_pct(waits, 0.99):.1f} | {max(waits):.1f} "
-                f"| {min(loads):.1f}-{max(loads):.1f} |",
+                f"| {path} | {per_transaction} | {statistics.median(rates[path]):,.0f} "
+                f"| {_pct(waits[path], 0.5):.1f} | {_pct(waits[path], 0.99):.1f} "
+                f"| {max(waits[path]):.1f} | {from_notify} | {min(loads):.1f}-{max(loads):.1f} |",
                 flush=True,
             )
-        if steps:
-            print(
-                f"\nWhere the time goes, outbox path, {per_transaction} event(s) per transaction:\n"
-            )
-            _print_steps(steps)
+        if steps["outbox"]:
+            print(f"\nWhere the time goes, outbox path, {per_transaction} event(s)/transaction:\n")
+            _print_steps(steps["outbox"])
             print(flush=True)
 
 
