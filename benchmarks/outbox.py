@@ -213,22 +213,32 @@ async def consumer(stream: str) -> None:
 
 
 async def writer(
-    stream: str, transactions: int, rate: float, per_transaction: int, bare: bool
+    stream: str, transactions: int, rate: float, per_transaction: int, kind: str
 ) -> None:
     """A writing process: ``transactions`` (an order and its events) at ``rate``/s.
 
-    ``bare``: no SQLAlchemy, no outbox: plain asyncpg commits the order with a ``NOTIFY``
-    carrying the envelopes themselves (the floor the outbox path is compared with).
+    ``kind`` "orm": a session adds the order and ``outbox.send`` writes the events (what an
+    application does). "raw" and "bare": plain asyncpg inserts the order and the same outbox
+    rows (the rows ``outbox.send`` writes), so the writers cost little CPU and the same for both
+    relays; "raw" sends the outbox's ``NOTIFY``, "bare" one carrying the envelopes for the bare
+    relay (its rows are left in the table).
     """
     committed: dict[str, float] = {}
     done: dict[str, float] = {}
     limit = asyncio.Semaphore(16)
     bridge = make_bridge(stream, [order_placed])
-    if bare:
+    outbox = Outbox(bridge, metadata=Base.metadata)
+    if kind != "orm":
         import asyncpg
 
         pool = await asyncpg.create_pool(POSTGRES_DSN, min_size=16, max_size=16)
         insert = f"INSERT INTO {Order.__tablename__} (customer, total) VALUES ($1, $2) RETURNING id"
+        rows = (
+            f"INSERT INTO {outbox.table.name} (txn, seq, event_id, signal, data, created_at) "
+            f"SELECT $1, s, e, 'order_placed', d, $2 FROM unnest($3::int[], $4::text[], "
+            f"$5::bytea[]) AS r(s, e, d)"
+        )
+        channel = BARE_CHANNEL if kind == "bare" else outbox.channel
 
         async def place(n: int) -> None:
             async with limit, pool.acquire() as conn:
@@ -236,11 +246,15 @@ async def writer(
                 await txn.start()
                 order_id = await conn.fetchval(insert, f"c{n}", Decimal("9.99"))
                 keys = [f"{order_id}:{k}" for k in range(per_transaction)]
-                data = [
-                    bridge.encode(order_placed, "shop", {"order_id": order_id, "k": k}).data
+                encoded = [
+                    bridge.encode(order_placed, "shop", {"order_id": order_id, "k": k})
                     for k in range(per_transaction)
                 ]
-                await conn.execute("SELECT pg_notify($1, $2)", BARE_CHANNEL, _pack(data))
+                seqs = list(range(per_transaction))
+                ids, data = [e.id for e in encoded], [e.data for e in encoded]
+                await conn.execute(rows, uuid.uuid4().hex, time.time(), seqs, ids, data)
+                payload = _pack(data) if kind == "bare" else ""
+                await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
                 now = time.monotonic()
                 committed.update(dict.fromkeys(keys, now))
                 await txn.commit()
@@ -248,7 +262,6 @@ async def writer(
 
     else:
         engine = create_async_engine(PG_URL, pool_size=20)
-        outbox = Outbox(bridge, metadata=Base.metadata)
         maker = async_sessionmaker(engine, expire_on_commit=False)
 
         async def place(n: int) -> None:
@@ -275,10 +288,10 @@ async def writer(
         tasks.append(asyncio.create_task(place(n)))
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - start
-    if bare:
-        await pool.close()
-    else:
+    if kind == "orm":
         await engine.dispose()
+    else:
+        await pool.close()
     report = {"elapsed": elapsed, "committed": committed, "done": done}
     print(json.dumps(report), flush=True)
 
@@ -427,11 +440,13 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
 
 
 async def latency(
-    events: int, rate: float, writers: int, per_transaction: int, *, bare: bool, trace: bool
+    events: int, rate: float, writers: int, per_transaction: int, *, path: str, trace: bool
 ) -> tuple[list[float], float, dict[str, dict[str, float]]]:
     """Writers and the receiver in processes of their own, the relay in this one.
 
-    ``rate`` is in events/s; each transaction carries ``per_transaction`` of them. Returns the
+    ``rate`` is in events/s; each transaction carries ``per_transaction`` of them. ``path``:
+    "bare" (bare writers and relay), "outbox" (raw writers, the outbox's relay) or "orm"
+    (ORM writers with ``outbox.send``, the outbox's relay); see :func:`writer`. Returns the
     latencies (ms), the events/s achieved and, with ``trace``, each event's steps.
     """
     engine = create_async_engine(PG_URL, pool_size=20)
@@ -444,6 +459,7 @@ async def latency(
     committed: dict[str, float] = {}
     done: dict[str, float] = {}
     tracer: _Trace | None = None
+    bare = path == "bare"
     try:
         await asyncio.wait_for(receiver.stdout.readline(), 30)  # "ready"
         if bare:
@@ -452,9 +468,10 @@ async def latency(
             relay = outbox.relay(engine, poll_interval=1.0)
             tracer = _Trace(relay) if trace else None
         async with bridge, relay:
+            cpu = time.process_time()  # this process: the relay (and the bridge it publishes by)
             each = str(events // per_transaction // writers)
             tx_rate = str(rate / per_transaction / writers)
-            kind = "bare" if bare else "outbox"
+            kind = {"bare": "bare", "outbox": "raw", "orm": "orm"}[path]
             procs = [
                 await _spawn("--writer", stream, each, tx_rate, str(per_transaction), kind)
                 for _ in range(writers)
@@ -469,6 +486,7 @@ async def latency(
                 await proc.wait()
             while not bare and await _rows(engine, outbox):  # noqa: ASYNC110 - polls a table
                 await asyncio.sleep(0.01)
+            cpu = time.process_time() - cpu
             await asyncio.sleep(0.5)
         receiver.stdin.close()
         arrived = json.loads((await asyncio.wait_for(receiver.stdout.readline(), 30)).decode())
@@ -491,7 +509,7 @@ async def latency(
         }
     else:
         steps = {}
-    return waits, len(committed) / elapsed, steps
+    return waits, len(committed) / elapsed, steps, cpu / len(committed) * 1e6
 
 
 #: The steps of the relay path, as (label, from, to) timestamps of :meth:`_Trace.stages`.
@@ -541,6 +559,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=1_000.0)
     parser.add_argument("--writers", type=int, default=2, help="writing processes")
     parser.add_argument("--trace", action="store_true", help="time each step of the relay")
+    parser.add_argument("--paths", default="bare,outbox,orm", help="latency paths, in turn")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     if args.only in (None, "cost"):
@@ -592,34 +611,37 @@ async def latency_section(args: argparse.Namespace) -> None:
     print(
         f"\n3. COMMIT -> remote receiver, LISTEN/NOTIFY (target p99 < 20 ms at "
         f"{args.rate:,.0f} events/s), {args.latency_repeats} interleaved run(s) each; bare = "
-        f"asyncpg COMMIT + NOTIFY carrying the envelopes, one XADD per NOTIFY, same receiver\n"
+        f"a NOTIFY carrying the envelopes, XADDed as it arrives; outbox: the relay; both with "
+        f"the same plain asyncpg writers of the outbox rows; orm: ORM writers, outbox.send\n"
     )
+    paths = args.paths.split(",")
     print(
         "| path | events per transaction | achieved events/s | p50 (ms) | p99 (ms) | max (ms) "
-        "| NOTIFY -> receiver p50 / p99 (ms) | load average |"
+        "| NOTIFY -> receiver p50 / p99 (ms) | relay CPU (µs/event) | load average |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for per_transaction in (1, 5):
-        waits: dict[str, list[float]] = {"bare": [], "outbox": []}
-        rates: dict[str, list[float]] = {"bare": [], "outbox": []}
-        steps: dict[str, dict[str, dict[str, float]]] = {"bare": {}, "outbox": {}}
+        waits: dict[str, list[float]] = {path: [] for path in paths}
+        rates: dict[str, list[float]] = {path: [] for path in paths}
+        cpus: dict[str, list[float]] = {path: [] for path in paths}
+        steps: dict[str, dict[str, dict[str, float]]] = {path: {} for path in paths}
         loads: list[float] = []
         for r in range(args.latency_repeats):
-            order = ["bare", "outbox"] if r % 2 == 0 else ["outbox", "bare"]
-            for path in order:
-                values, achieved, traced = await latency(
+            for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
+                values, achieved, traced, cpu = await latency(
                     args.latency_events,
                     args.rate,
                     args.writers,
                     per_transaction,
-                    bare=path == "bare",
+                    path=path,
                     trace=args.trace,
                 )
                 waits[path].extend(values)
                 rates[path].append(achieved)
+                cpus[path].append(cpu)
                 steps[path].update({f"{r}:{k}": v for k, v in traced.items()})
                 loads.append(os.getloadavg()[0])
-        for path in ("bare", "outbox"):
+        for path in paths:
             relay = [
                 (e["received"] - e["notify"]) * 1000
                 for e in steps[path].values()
@@ -629,13 +651,15 @@ async def latency_section(args: argparse.Namespace) -> None:
             print(
                 f"| {path} | {per_transaction} | {statistics.median(rates[path]):,.0f} "
                 f"| {_pct(waits[path], 0.5):.1f} | {_pct(waits[path], 0.99):.1f} "
-                f"| {max(waits[path]):.1f} | {from_notify} | {min(loads):.1f}-{max(loads):.1f} |",
+                f"| {max(waits[path]):.1f} | {from_notify} | {statistics.median(cpus[path]):.0f} "
+                f"| {min(loads):.1f}-{max(loads):.1f} |",
                 flush=True,
             )
-        if steps["outbox"]:
-            print(f"\nWhere the time goes, outbox path, {per_transaction} event(s)/transaction:\n")
-            _print_steps(steps["outbox"])
-            print(flush=True)
+        for path in paths:
+            if path != "bare" and steps[path]:
+                print(f"\nWhere the time goes, {path}, {per_transaction} event(s)/transaction:\n")
+                _print_steps(steps[path])
+                print(flush=True)
 
 
 if __name__ == "__main__":
@@ -643,6 +667,6 @@ if __name__ == "__main__":
         asyncio.run(consumer(sys.argv[2]))
     elif sys.argv[1:2] == ["--writer"]:
         args = sys.argv[2:]
-        asyncio.run(writer(args[0], int(args[1]), float(args[2]), int(args[3]), args[4] == "bare"))
+        asyncio.run(writer(args[0], int(args[1]), float(args[2]), int(args[3]), args[4]))
     else:
         asyncio.run(main())

@@ -138,6 +138,10 @@ class Relay:
             for batch in pending:  # its rows stay, and are published again
                 batch.cancel()
             await asyncio.gather(*batches, return_exceptions=True)
+        published, self._published = self._published, None  # a restart starts afresh
+        error = published.result() if published is not None and published.done() else None
+        if error is not None:
+            logger.warning("outbox relay: stopped with rows not confirmed (%s); they stay", error)
         await self._stop_listening()
 
     def wake(self) -> None:
