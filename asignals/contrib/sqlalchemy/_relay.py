@@ -213,8 +213,8 @@ class Relay:
         return len(rows)
 
     async def _previous(self) -> None:
-        """Wait until the last batch handed on is confirmed; raise its error. Keep at most
-        two batches deleting and committing."""
+        """Wait until the last batch handed on is confirmed; raise its error. Then wait until
+        at most one batch is left deleting and committing, beside the one to hand on."""
         published, self._published = self._published, None
         if published is not None:
             await asyncio.wait({published})
