@@ -2,6 +2,7 @@
 latency.
 
     .venv/bin/python benchmarks/outbox.py [--rounds N] [--no-postgres] [--events N] [--rate R]
+        [--only cost|relay|latency] [--paths bare,outbox,orm] [--latency-repeats N] [--trace]
 
 1. **Write cost.** A transaction adds ``rows`` orders and commits (``rows`` = 1 and 100). The
    contenders, sampled round-robin in a rotating order (medians of ``--rounds`` rounds): the
@@ -18,6 +19,13 @@ latency.
    benchmark's process with LISTEN/NOTIFY, and another *process* receives the events through
    its own bridge. Latency is the receiver's ``time.monotonic()`` minus the writer's as it
    sends COMMIT (one clock for all processes on Linux): it includes the COMMIT itself.
+   ``--paths``, run in turn (rotating) so they share the machine's state: ``orm`` (ORM writers
+   and ``outbox.send``), ``outbox`` (plain asyncpg writers of the same outbox rows, cheap in
+   CPU) and ``bare``, the floor: the same writers' ``NOTIFY`` carries the envelopes and a bare
+   asyncpg ``LISTEN`` loop ``XADD``s them as they arrive, to the same receiver. Also shown:
+   from the relay's NOTIFY to the receiver, and this process's CPU per event. ``--trace``
+   times each step of the relay (NOTIFY, pass start, rows locked, publish started and
+   confirmed, DELETE and COMMIT done) and shows them, with their mean among the slowest 1%.
 
 Servers: PostgreSQL at ``ASIGNALS_POSTGRES_DSN``, Redis at ``ASIGNALS_REDIS_URL``.
 """
