@@ -7,6 +7,14 @@ relay killed mid-pass deletes nothing: its rows are published again by the next 
 same envelope ids (at least once). Per transaction the order holds across relays: a relay that
 locked some rows of a transaction whose earlier rows another relay holds leaves them for later.
 
+On PostgreSQL a relay works on up to three batches at once, each in its own transaction: it
+locks the next batch while the previous one is being published, and deletes and commits a
+confirmed batch while the next is published. A batch is published only once the one before it
+was confirmed, and not at all when that one failed, so rows still go out in id order. An event
+committed while a pass was publishing, deleting or committing used to wait for all of it
+before its own pass could start (the latency tail). Locked rows stay locked until their
+batch's COMMIT, so no row is published twice at once, and rows are deleted only once confirmed.
+
 A row the bridge refuses as not being a valid envelope (hand-edited, or written by a version of
 the application that no longer decodes) is dead-lettered with the reason and deleted: it never
 blocks the rows behind it. A broker outage fails the publishes; the rows stay, the relay backs
@@ -21,7 +29,8 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, all_, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["Relay"]
 
 logger = logging.getLogger("asignals.outbox")
+
+_IDS = ARRAY(BigInteger)  # PostgreSQL: ids as one array parameter
 
 
 class Relay:
@@ -84,6 +95,12 @@ class Relay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # The batches handed on (publishing, then deleting and committing), oldest first;
+        # the outcome of the last one's publish; the ids of theirs that went out (or will if
+        # the publish succeeds): a later batch needs not wait for them to be deleted.
+        self._batches: list[asyncio.Task[None]] = []
+        self._published: asyncio.Future[BaseException | None] | None = None
+        self._shipped: set[int] = set()
         self._listener: AsyncConnection | None = None
         self._listen_failing = False
         self._discarding: set[asyncio.Task[None]] = set()
@@ -129,6 +146,16 @@ class Relay:
             if not done:  # a pass stuck past any sane publish timeout: its rows stay
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        batches, self._batches = self._batches, []
+        if batches:  # rows being published, or deleted once confirmed
+            _, pending = await asyncio.wait(batches, timeout=30.0)
+            for batch in pending:  # its rows stay, and are published again
+                batch.cancel()
+            await asyncio.gather(*batches, return_exceptions=True)
+        published, self._published = self._published, None  # a restart starts afresh
+        error = published.result() if published is not None and published.done() else None
+        if error is not None:
+            logger.warning("outbox relay: stopped with rows not confirmed (%s); they stay", error)
         await self._stop_listening()
 
     def wake(self) -> None:
@@ -166,27 +193,103 @@ class Relay:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _pass(self) -> int:
-        """Publish one batch; return how many rows it found."""
+        """Lock one batch and hand it on to be published; return how many rows it found.
+
+        Raises the error of the previous batch's publish (its rows stay for a retry).
+        """
         table = self.outbox.table
         query = select(table.c.id, table.c.txn, table.c.data, table.c.seq).order_by(table.c.id)
         query = query.limit(self.batch_size)
         if self._locking:
             query = query.with_for_update(skip_locked=True)
-        error: BaseException | None = None
-        async with self.engine.begin() as conn:
+        conn = await self.engine.connect()
+        try:
+            await conn.begin()
             rows = [tuple(row) for row in (await conn.execute(query)).all()]
-            if not rows:
-                return 0
-            ready = await self._in_order(conn, rows) if self._locking else rows
-            done, error = await self._publish(ready)
-            if done:
-                await conn.execute(table.delete().where(table.c.id.in_(done)))
-        if error is not None:
-            raise error
+            ready = await self._in_order(conn, rows) if self._locking and rows else rows
+            if rows:
+                await self._previous()  # its rows go out first
+        except BaseException:
+            await _close_quietly(conn)  # without COMMIT: the rows stay, unlocked
+            raise
+        if not rows:
+            await conn.close()
+            return 0
+        published: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self._shipped.update(row[0] for row in ready)
+        batch = asyncio.create_task(self._ship(conn, ready, published))
+        self._batches.append(batch)
+        batch.add_done_callback(self._batches.remove)
+        self._published = published
+        if not self._locking:  # nothing keeps another pass off these rows: one at a time
+            await asyncio.wait({batch})
+            await self._previous()
         return len(rows)
 
+    async def _previous(self) -> None:
+        """Wait until the last batch handed on is confirmed; raise its error. Then wait until
+        at most one batch is left deleting and committing, beside the one to hand on."""
+        published, self._published = self._published, None
+        if published is not None:
+            await asyncio.wait({published})
+            error = published.result()
+            if error is not None:
+                raise error
+        while len(self._batches) >= 2:
+            await asyncio.wait({self._batches[0]})
+
+    async def _ship(
+        self,
+        conn: AsyncConnection,
+        rows: list[Any],
+        published: asyncio.Future[BaseException | None],
+    ) -> None:
+        """Publish a locked batch, then delete the confirmed rows and COMMIT."""
+        error: BaseException | None = RuntimeError("the relay stopped before the broker confirmed")
+        done: list[int] = []
+        try:
+            done, error = await self._publish(rows)
+            self._shipped.difference_update(row[0] for row in rows)
+            self._shipped.update(done if error is None else ())
+            if error is None:
+                published.set_result(None)  # the next batch may go out now
+            if done:
+                await conn.execute(self._delete(), {"ids": done})
+            await conn.commit()
+        except Exception as exc:
+            if error is None:  # they were confirmed: published again, under the same ids
+                self._wake.set()
+                logger.warning(
+                    "outbox relay: deleting %d published row(s) failed (%s: %s); they will "
+                    "be published again",
+                    len(done),
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                error = exc
+        finally:
+            self._shipped.difference_update(row[0] for row in rows)
+            await _close_quietly(conn)
+            if not published.done():
+                # Only now: a retry must find this batch's unconfirmed rows unlocked.
+                published.set_result(error)
+                self._wake.set()
+
+    def _delete(self) -> Any:
+        table = self.outbox.table
+        if self._locking:
+            # One statement for any number of ids (an IN list is a new statement to prepare
+            # for each count).
+            return table.delete().where(table.c.id == any_(bindparam("ids", type_=_IDS)))
+        return table.delete().where(table.c.id.in_(bindparam("ids", expanding=True)))
+
     async def _in_order(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> list[Any]:
-        """Leave out the rows of transactions whose earlier rows another relay holds."""
+        """Leave out the rows of transactions whose earlier rows another relay holds.
+
+        The rows of this relay's earlier batches do not count: they went out (or this batch
+        will not, as it waits for them to be confirmed).
+        """
         table = self.outbox.table
         first: dict[str, int] = {}
         starts: set[str] = set()
@@ -202,6 +305,9 @@ class Relay:
             .where(table.c.txn.in_([txn for txn in first if txn not in starts]))
             .group_by(table.c.txn)
         )
+        if self._shipped:
+            shipped = bindparam("shipped", list(self._shipped), _IDS)
+            query = query.where(table.c.id != all_(shipped))
         held = {txn for txn, lowest in (await conn.execute(query)).all() if lowest < first[txn]}
         return [row for row in rows if row[1] not in held]
 
