@@ -409,3 +409,11 @@ async def _discard_listener(conn: AsyncConnection) -> None:
         await conn.invalidate()
     except Exception:  # the connection is gone already
         logger.debug("outbox relay: discarding the LISTEN connection failed", exc_info=True)
+
+
+async def _close_quietly(conn: AsyncConnection) -> None:
+    """Hand a batch's connection back to the pool, whatever state its failure left it in."""
+    try:
+        await conn.close()
+    except Exception:  # the connection is gone already
+        logger.debug("outbox relay: closing a connection failed", exc_info=True)
