@@ -20,9 +20,8 @@ from typing import Any
 
 from ._core import AsyncSignal
 from ._metrics import Metrics
-from ._session import Results, Session
+from ._session import Results, Send, Session
 
-Send = Callable[..., Coroutine[Any, Any, Results]]
 Submit = Callable[[AsyncSignal[..., Any], Any, dict[str, Any]], None]
 SubmitWait = Callable[[AsyncSignal[..., Any], Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
@@ -44,14 +43,15 @@ _scheduled: ContextVar[_Scheduled | None] = ContextVar("asignals_otel_scheduled"
 def wrap_send(session: Session, original: Send, robust: bool) -> Send:
     """``send`` or ``send_robust`` with a span, for the signals the session traces."""
     method = "send_robust" if robust else "send"
+    selected = session.signals  # session.traces(), inlined: it is on every send
 
     def send(self: AsyncSignal[..., Any], *args: Any, **named: Any) -> Coroutine[Any, Any, Results]:
         if robust and _scheduled.get() is not None:
             _scheduled.set(None)  # in the background send's own task: its context only
             return _background(session, original, self, args, named)
-        if not session.traces(self):
+        if selected is not None and self not in selected:
             return original(self, *args, **named)
-        return session.send(self, method, args, named, robust, False)
+        return session.send(self, original, args, named, robust, False)
 
     send.__name__ = method
     send.__qualname__ = f"AsyncSignal.{method}"
@@ -72,7 +72,7 @@ async def _background(
     name = session.info(signal).name
     try:
         if session.traces(signal):
-            results = await session.send(signal, "send_robust", args, named, True, True)
+            results = await session.send(signal, original, args, named, True, True)
         else:
             results = await original(signal, *args, **named)
         outcome = "completed"
