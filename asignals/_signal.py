@@ -101,7 +101,7 @@ _NOT_AWAITABLE: Final = _dispatch.NOT_AWAITABLE
 #: cache is filled with (a row's getter may return a wrapper of the receiver with the row's
 #: mode): called as ``_row_hook(signal, rows)`` by :meth:`AsyncSignal._lookup` on a cache miss,
 #: never per send. None, the default, costs the send path nothing; whoever sets or unsets it
-#: drops the caches filled before.
+#: drops the caches filled under the other setting before a send can use them.
 _row_hook: Callable[[AsyncSignal[..., Any], tuple[Row, ...]], tuple[Row, ...]] | None = None
 
 
