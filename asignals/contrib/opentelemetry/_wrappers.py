@@ -43,13 +43,12 @@ _scheduled: ContextVar[_Scheduled | None] = ContextVar("asignals_otel_scheduled"
 def wrap_send(session: Session, original: Send, robust: bool) -> Send:
     """``send`` or ``send_robust`` with a span, for the signals the session traces."""
     method = "send_robust" if robust else "send"
-    selected = session.signals  # session.traces(), inlined: it is on every send
 
     def send(self: AsyncSignal[..., Any], *args: Any, **named: Any) -> Coroutine[Any, Any, Results]:
         if robust and _scheduled.get() is not None:
             _scheduled.set(None)  # in the background send's own task: its context only
             return _background(session, original, self, args, named)
-        if selected is not None and self not in selected:
+        if not session.traces(self):
             return original(self, *args, **named)
         return session.send(self, original, args, named, robust, False)
 
