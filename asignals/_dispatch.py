@@ -2,9 +2,7 @@
 
 ``AsyncSignal.send``/``send_robust`` (one loop, ``asignals._signal._send``) run sync receivers
 themselves and call :func:`run` with the rest of their rows as soon as one receiver needs
-awaiting, or with all of them when dispatch options are set. The entry point, for
-instrumentation too (``asignals.contrib.opentelemetry`` times receivers through it, after
-``asignals._signal._prepare`` gave it the sender, rows and options of a send)::
+awaiting, or with all of them when dispatch options are set. The entry point::
 
     await run(signal, rows, start, results, named, robust,
               concurrent=True, timeout=None, max_concurrency=None) -> results

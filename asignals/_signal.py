@@ -15,7 +15,8 @@ checkers see a typed signature) and which ``send_robust`` calls with a marker: i
 receivers inline (and the last receiver, if async, at the cost of a plain ``await``) and hands
 the rest of the rows to :func:`asignals._dispatch.run` at the first receiver that needs
 awaiting. A receiver's failure is handled by :func:`asignals._dispatch.failed`, off the hot
-path. :func:`_prepare` is the start of that loop for instrumentation that runs the rows itself.
+path. Instrumentation never runs receivers itself: it wraps them in the rows a cache is filled
+with, through :data:`_row_hook`, and lets this loop run them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ _ordinary: Final = _SPECIAL.isdisjoint  # bound once: one lookup less per send
 # No send's keyword names equal it (_ROBUST is gone by then): sends take the slow path.
 _NEVER: Final = frozenset({_ROBUST})
 _NOT_AWAITABLE: Final = _dispatch.NOT_AWAITABLE
+
+#: What instrumentation (``asignals.contrib.opentelemetry``) sets to rewrite the rows a receiver
+#: cache is filled with (a row's getter may return a wrapper of the receiver with the row's
+#: mode): called as ``_row_hook(signal, rows)`` by :meth:`AsyncSignal._lookup` on a cache miss,
+#: never per send. None, the default, costs the send path nothing; whoever sets or unsets it
+#: drops the caches filled under the other setting before a send can use them.
+_row_hook: Callable[[AsyncSignal[..., Any], tuple[Row, ...]], tuple[Row, ...]] | None = None
 
 
 class _IdCache(dict[int, tuple[Row, ...]]):
@@ -347,42 +355,6 @@ async def _send(
             result = _dispatch.failed(self, entry, sender, exc, robust)
         results.append((fn, result))
     return results
-
-
-def _prepare(  # pyright: ignore[reportUnusedFunction] - the instrumentation entry
-    signal: AsyncSignal[..., Any], method: str, args: tuple[Any, ...], named: dict[str, Any]
-) -> tuple[Any, tuple[Row, ...], tuple[bool, float | None, int | None] | None] | None:
-    """What :func:`_send` does before it runs receivers, for instrumentation that runs them.
-
-    ``asignals.contrib.opentelemetry`` times each receiver, so it runs the rows itself through
-    :func:`asignals._dispatch.run`. Returns ``(sender, rows, options)``, or None when the send
-    reaches nobody; raises what a send raises for bad arguments; leaves in ``named`` the
-    receivers' keyword arguments, ``signal`` and ``sender`` included. The same steps as the
-    start of :func:`_send`, which inlines them: it is the hot path. Keep the two in step.
-    """
-    named.pop(_ROBUST, None)
-    options = None
-    if len(args) == 1 and RESERVED.isdisjoint(named):
-        sender = args[0]
-    else:
-        sender, options = _parse_call(signal, method, args, named)
-    names = signal._names
-    if names is not None and named.keys() != names:
-        signal._before(sender, named)
-    if signal._silent:
-        return None
-    cls = type(sender)  # pyright: ignore[reportUnknownVariableType]
-    if cls is str or cls is int or cls is bytes:
-        rows = signal._value_cache.get(sender)
-    else:
-        rows = signal._id_cache.get(id(sender))
-    if rows is None:
-        rows = signal._lookup(sender)
-    named["signal"] = signal
-    named["sender"] = sender
-    if options is None and signal._options:
-        options = (signal.concurrent, signal.timeout, signal.max_concurrency)
-    return sender, rows, options
 
 
 _send.__name__ = "send"
@@ -744,6 +716,8 @@ class AsyncSignal(Generic[P, R]):
         matched = tuple(e.row() for e in self._entries if e.listens_to(sender) and e.alive())
         for _, _, entry in matched:
             entry.called = True  # a send is about to reach it: no "collected unused" warning
+        if _row_hook is not None:
+            matched = _row_hook(self, matched)
         if type(sender) in VALUE_SENDER_TYPES:
             value_cache[sender] = matched
         elif sender is None:

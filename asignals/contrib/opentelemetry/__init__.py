@@ -8,8 +8,10 @@ same trace. Metrics count sends, receiver durations and failures, background and
 
 It costs nothing until it is called: ``instrument()`` replaces ``AsyncSignal.send``,
 ``send_robust`` and ``asignals.background.submit`` / ``submit_wait`` with traced versions, and
-sets the bridge's hooks; ``uninstrument()`` puts the originals back. The send path of a program
-that never calls it is the core's own, with no check for tracing anywhere on it.
+sets the core's row hook (which puts a timer in front of each receiver of a traced signal) and
+the bridge's hooks; ``uninstrument()`` puts the originals back. A traced send is the core's own
+send loop, run inside a span. The send path of a program that never calls it is the core's
+own, with no check for tracing anywhere on it.
 
 Only ``opentelemetry-api`` is required (extra ``otel``); configure the SDK (or any other
 implementation of the API) and its exporters as usual.
@@ -29,7 +31,7 @@ from asignals.bridge import _hooks as bridge_hooks
 
 from . import _metrics
 from ._bridge import Hooks
-from ._core import AsyncSignal, background
+from ._core import AsyncSignal, background, core
 from ._metrics import Metrics
 from ._session import Session
 from ._wrappers import wrap_send, wrap_submit, wrap_submit_wait
@@ -52,6 +54,7 @@ name ``"asignals"``).
 
 # What instrument() replaced: (owner, attribute, original), restored in reverse order.
 _patched: list[tuple[Any, str, Any]] = []
+_session: Session | None = None
 _lock = threading.Lock()
 
 
@@ -118,6 +121,10 @@ def _instrument(
     measures = Metrics(meter, meter_provider)
     session = Session(tracer, measures, selected, receivers, round(min_receiver_ms * 1_000_000))
 
+    global _session
+    _session = session
+    # The hook first: every cache filled once a traced send can start has the timers.
+    _patch(core, "_row_hook", session.rows)
     _patch(AsyncSignal, "send", wrap_send(session, AsyncSignal.send, robust=False))
     _patch(AsyncSignal, "send_robust", wrap_send(session, AsyncSignal.send_robust, robust=True))
     _patch(background, "submit", wrap_submit(session, background.submit))
@@ -132,10 +139,14 @@ def uninstrument() -> None:
     Does nothing when asignals is not instrumented. Sends already running finish traced; the
     counters keep reporting their last totals until the next :func:`instrument`.
     """
+    global _session
     with _lock:
         while _patched:
             owner, name, original = _patched.pop()
             setattr(owner, name, original)
+        if _session is not None:
+            _session.close()  # the hook is off: no cache may keep its timers
+            _session = None
 
 
 def is_instrumented() -> bool:

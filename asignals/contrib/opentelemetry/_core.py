@@ -1,32 +1,28 @@
 """The core internals the instrumentation is built on, imported here and nowhere else.
 
-Receiver spans need each receiver's own start and end time, which only the core's private
-dispatch entry can give without a cost on the uninstrumented send path. So an instrumented
-send takes the core's own first steps (:func:`prepare`, ``asignals._signal._prepare``: the
-arguments, the typed-signal check, ``wait_for`` waiters, the cached rows), wraps each receiver
-in a timer, and runs them as the core does: sync receivers one after the other with the
-core's :func:`failed` for their errors, as ``AsyncSignal._send`` does, and any others through
-:func:`run` (``asignals._dispatch.run``), the core's dispatch entry.
+Receiver spans need each receiver's own start and end time. The core's send loop runs the
+receivers, instrumented or not: what the instrumentation changes is the rows the receiver
+caches are filled with. It sets the core's one hook for that, ``asignals._signal._row_hook``
+(None when off, so the uninstrumented send path does not change), which puts a timer in front
+of each receiver with the receiver's own mode (sync, async, thread): the core then decides how
+each one runs as it would for the receiver itself. A signal's caches are dropped whenever they
+may hold rows filled under the other setting (:func:`drop_caches`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from asignals import _signal as core
 from asignals import background
-from asignals._dispatch import failed, run
-from asignals._receivers import ASYNC, INLINE, Row
+from asignals._receivers import ASYNC, Row
 from asignals._signal import AsyncSignal
-from asignals._signal import _prepare as prepare
 
-Options = tuple[bool, float | None, int | None] | None
 
-__all__ = [
-    "ASYNC",
-    "INLINE",
-    "AsyncSignal",
-    "Options",
-    "Row",
-    "background",
-    "failed",
-    "prepare",
-    "run",
-]
+def drop_caches(signal: AsyncSignal[..., Any]) -> None:
+    """Forget the signal's cached rows: the next send from each sender fills them anew."""
+    with signal._lock:
+        signal._reset_caches()
+
+
+__all__ = ["ASYNC", "AsyncSignal", "Row", "background", "core", "drop_caches"]

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import logging
 import weakref
-from contextvars import ContextVar, Token
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ._core import ASYNC, INLINE, AsyncSignal, Row, failed, prepare, run
+from ._core import AsyncSignal, Row, drop_caches
 from ._metrics import Metrics
-from ._timing import Async, Sync, Timing
+from ._timing import Sending, Timing, current, wrapped
 
 logger = logging.getLogger("asignals.opentelemetry")
 
 Results = list[tuple[Any, Any]]
+Send = Callable[..., Coroutine[Any, Any, Results]]
 
 _UNNAMED: Final = "unnamed"
 
@@ -59,33 +60,6 @@ class SignalInfo:
         return found
 
 
-async def _inline(
-    signal: AsyncSignal[..., Any],
-    sender: Any,
-    timings: list[Timing],
-    named: dict[str, Any],
-    robust: bool,
-) -> Results:
-    """Receivers one after the other in the sending task: the loop of ``AsyncSignal._send``.
-
-    The core runs sync receivers, and a last async one (nothing after it could run
-    concurrently), without its dispatch machinery (no task group on trio, no driver), so an
-    instrumented send of them does the same: it behaves as the uninstrumented one and costs
-    less. A failure goes through the core's own :func:`failed` (``send`` raises its group,
-    ``send_robust`` logs and returns it).
-    """
-    results: Results = []
-    for timing in timings:
-        try:
-            value = timing(**named)
-            if value is not None and hasattr(type(value), "__await__"):  # pyright: ignore[reportUnknownArgumentType] - type() of an Any
-                value = await value
-        except Exception as exc:
-            value = failed(signal, timing.entry, sender, exc, robust)
-        results.append((timing.fn, value))
-    return results
-
-
 class DeliveryMark:
     """The span of the remote delivery running in this context, and its receivers' failures."""
 
@@ -119,6 +93,8 @@ class Session:
         self.receiver_spans = receivers != "none"
         self.min_receiver_ns = min_receiver_ns
         self._infos: dict[int, tuple[weakref.ref[AsyncSignal[..., Any]], SignalInfo]] = {}
+        # The signals whose caches hold timers: dropped on uninstrument().
+        self._wrapped: weakref.WeakSet[AsyncSignal[..., Any]] = weakref.WeakSet()
         self._failed = False
 
     # -- guards --------------------------------------------------------------------------
@@ -150,105 +126,116 @@ class Session:
         return self._info(signal)
 
     def _info(self, signal: AsyncSignal[..., Any]) -> SignalInfo:
+        # The signal's first send since instrument(): its caches may hold rows filled before,
+        # without timers. Dropped before the info is stored, so that a send from
+        # another thread that finds the info finds the caches dropped too.
+        drop_caches(signal)
         key = id(signal)
         info = SignalInfo(signal)
         infos = self._infos
         self._infos[key] = (weakref.ref(signal, lambda _ref: infos.pop(key, None)), info)
         return info
 
+    # -- the rows -----------------------------------------------------------------------
+
+    def rows(self, signal: AsyncSignal[..., Any], rows: tuple[Row, ...]) -> tuple[Row, ...]:
+        """The core's row hook: a traced signal's receivers behind timers, others as they are."""
+        if not self.traces(signal):
+            return rows
+        self._wrapped.add(signal)
+        return wrapped(self, self.info(signal), rows)
+
+    def close(self) -> None:
+        """After uninstrument(): no cache may keep the timers (the core's hook is off by now)."""
+        for signal in list(self._wrapped):
+            drop_caches(signal)
+
     # -- the send ------------------------------------------------------------------------
 
     async def send(
         self,
         signal: AsyncSignal[..., Any],
-        method: str,
+        original: Send,
         args: tuple[Any, ...],
         named: dict[str, Any],
         robust: bool,
         background: bool,
     ) -> Results:
-        """Run the send through the core's dispatch with timed receivers, inside its span."""
-        prepared = prepare(signal, method, args, named)
-        if prepared is None:
-            return []
-        sender, rows, options = prepared
+        """The core's own send, its receivers timed (see ``_timing``), inside the send's span."""
         found = self._infos.get(id(signal))
         info = found[1] if found is not None and found[0]() is signal else self._info(signal)
-        timings: list[Timing] = []
-        timed: list[Row] = []
-        others = 0  # receivers that are not plain sync ones
-        last = INLINE  # the mode of the last live receiver
-        for get, mode, entry in rows:
-            fn = get()
-            if fn is not None:
-                timing = Async(fn, entry) if mode == ASYNC else Sync(fn, entry)
-                timings.append(timing)
-                timed.append((timing.get, mode, entry))
-                last = mode
-                if mode != INLINE:
-                    others += 1
-        # Run here, as AsyncSignal._send does, sync receivers and a last async one.
-        inline = options is None and (others == 0 or (others == 1 and last == ASYNC))
-        span: Span | None = None
-        token: Token[Context] | None = None
+        sending = Sending()
+        sending.info = info
+        sending.args = args
+        sending.named = named
+        sending.robust = robust
+        sending.background = background
+        sending.begun = False
+        sending.span = sending.context = sending.token = None
+        token = current.set(sending)
+        try:
+            results = await original(signal, *args, **named)
+        except BaseException as exc:
+            current.reset(token)
+            if sending.begun:
+                self._record(sending, exc if isinstance(exc, Exception) else None)
+            raise
+        current.reset(token)
+        if not sending.begun:
+            return results  # it reached no receiver: nothing to record
+        for index, (timing, value) in enumerate(results):
+            if isinstance(timing, Timing):
+                results[index] = (timing.fn, value)
+                if timing.cancelled and timing.error is None and isinstance(value, Exception):
+                    # A timeout: the core cancelled the receiver and put the error in its slot.
+                    timing.error = value
+        self._record(sending, None)
+        return results
+
+    def begin(self, sending: Sending) -> None:
+        """Start the send's span and make it current, as the core calls the first receiver.
+
+        The core calls it in the sending task, in the caller's context, before any receiver
+        runs or any task of the send starts (but see ``_timing._enter``): the receivers' own
+        sends, and the bridge's trace headers, are this send's children. By then the core has
+        checked the call, so its sender is the one positional argument or ``sender=``.
+        """
+        sending.begun = True
+        info = sending.info
+        args = sending.args
         try:
             span = self.tracer.start_span(
                 info.span_name,
                 attributes={
                     "asignals.signal": info.name,
-                    "asignals.sender": sender_name(sender),
-                    "asignals.receivers": len(timings),
-                    "asignals.robust": robust,
-                    "asignals.background": background,
+                    "asignals.sender": sender_name(args[0] if args else sending.named["sender"]),
+                    "asignals.robust": sending.robust,
+                    "asignals.background": sending.background,
                 },
             )
-            # Current while the receivers run: their own sends, and the bridge's trace
-            # headers, are this send's children.
-            token = otel_context.attach(trace.set_span_in_context(span))
+            sending.span = span
+            sending.context = context = trace.set_span_in_context(span)
+            sending.token = otel_context.attach(context)
         except Exception:
             self.failed("starting a send span")
-        try:
-            if inline:
-                results = await _inline(signal, sender, timings, named, robust)
-            elif options is None:
-                results = await run(signal, tuple(timed), 0, [], named, robust)
-            else:
-                results = await run(signal, tuple(timed), 0, [], named, robust, *options)
-        except BaseException as exc:
-            if token is not None:
-                otel_context.detach(token)
-            self._record(
-                info, span, timings, background, exc if isinstance(exc, Exception) else None
-            )
-            raise
-        if token is not None:
-            otel_context.detach(token)
-        if not inline:
-            for index, (timing, value) in enumerate(results):
-                if timing.cancelled and timing.error is None and isinstance(value, Exception):
-                    # A timeout: the core cancelled the receiver and put the error in its slot.
-                    timing.error = value
-                results[index] = (timing.fn, value)
-        self._record(info, span, timings, background, None)
-        return results
 
-    def _record(
-        self,
-        info: SignalInfo,
-        span: Span | None,
-        timings: list[Timing],
-        background: bool,
-        raised: Exception | None,
-    ) -> None:
+    def _record(self, sending: Sending, raised: Exception | None) -> None:
         """After the send: the metrics, the receiver spans, the send span's outcome.
 
         ``raised`` is what the send raised; when no receiver's own error explains it (a
         ``timeout`` raises in the core, around the receiver), it is the send span's error.
         """
-        failures = 0
+        if sending.token is not None:
+            otel_context.detach(sending.token)
+        info = sending.info
+        span = sending.span
+        timings = sending
+        called = failures = 0
         for timing in timings:
-            if timing.error is not None:
-                failures += 1
+            if timing.start:  # 0: fetched by the core but not called (see _timing.Timing)
+                called += 1
+                if timing.error is not None:
+                    failures += 1
         unexplained = raised if failures == 0 else None
         if unexplained is not None:
             failures = (
@@ -259,14 +246,12 @@ class Session:
         try:
             metrics = self.metrics
             sends = metrics.sends
-            key = (info.name, background)
+            key = (info.name, sending.background)
             sends[key] = sends.get(key, 0) + 1
             record = metrics.duration.record
-            receivers = info.receivers
             for timing in timings:
                 if timing.end:
-                    name = timing.entry.name
-                    attributes = receivers.get(name) or info.receiver_attributes(name)
+                    attributes = timing.timer.attributes
                     record((timing.end - timing.start) / 1e9, attributes)
                     if timing.error is not None:
                         metrics.failures.add(1, attributes)
@@ -277,7 +262,8 @@ class Session:
         try:
             if span.is_recording():
                 if self.receiver_spans:
-                    self._receiver_spans(info, span, timings)
+                    self._receiver_spans(sending)
+                span.set_attribute("asignals.receivers", called)
                 span.set_attribute("asignals.failures", failures)
                 if failures:
                     if unexplained is not None:
@@ -303,24 +289,22 @@ class Session:
         if parent is not None and parent.span_id == delivery.span.get_span_context().span_id:
             delivery.failures += failures
 
-    def _receiver_spans(self, info: SignalInfo, span: Span, timings: list[Timing]) -> None:
+    def _receiver_spans(self, sending: Sending) -> None:
         threshold = 0 if self.all_receivers else self.min_receiver_ns
         start_span = self.tracer.start_span
-        parent: Context | None = None
-        for timing in timings:
+        parent = sending.context  # the send's span, set in it
+        for timing in sending:
             if not timing.end or (timing.end - timing.start < threshold and timing.error is None):
                 continue
-            if parent is None:
-                parent = trace.set_span_in_context(span)
-            name = timing.entry.name
+            timer = timing.timer
             child = start_span(
-                name,
+                timer.name,
                 context=parent,
                 kind=SpanKind.INTERNAL,
-                attributes=info.receiver_attributes(name),
+                attributes=timer.attributes,
                 start_time=timing.start,
             )
             if timing.error is not None:
                 child.record_exception(timing.error)
-                child.set_status(Status(StatusCode.ERROR, f"{name} raised"))
+                child.set_status(Status(StatusCode.ERROR, f"{timer.name} raised"))
             child.end(end_time=timing.end)

@@ -20,9 +20,8 @@ from typing import Any
 
 from ._core import AsyncSignal
 from ._metrics import Metrics
-from ._session import Results, Session
+from ._session import Results, Send, Session
 
-Send = Callable[..., Coroutine[Any, Any, Results]]
 Submit = Callable[[AsyncSignal[..., Any], Any, dict[str, Any]], None]
 SubmitWait = Callable[[AsyncSignal[..., Any], Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
@@ -51,7 +50,7 @@ def wrap_send(session: Session, original: Send, robust: bool) -> Send:
             return _background(session, original, self, args, named)
         if not session.traces(self):
             return original(self, *args, **named)
-        return session.send(self, method, args, named, robust, False)
+        return session.send(self, original, args, named, robust, False)
 
     send.__name__ = method
     send.__qualname__ = f"AsyncSignal.{method}"
@@ -72,7 +71,7 @@ async def _background(
     name = session.info(signal).name
     try:
         if session.traces(signal):
-            results = await session.send(signal, "send_robust", args, named, True, True)
+            results = await session.send(signal, original, args, named, True, True)
         else:
             results = await original(signal, *args, **named)
         outcome = "completed"
