@@ -82,6 +82,7 @@ _PENDING: Any = (None, None)  # a result slot whose receiver is still running
 #: Results no receiver returns as an awaitable: a set lookup instead of an attribute lookup.
 NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
 _UNSET: Any = object()
+_HOLE: Final = "\x00hole"  # a key no keyword argument can spell (see _split)
 
 
 class _Shared:
@@ -90,6 +91,9 @@ class _Shared:
     __slots__ = ("base", "context")
 
     def __init__(self) -> None:
+        self.share()
+
+    def share(self) -> None:
         self.base = contextvars.copy_context()
         self.context = self.base.copy()
 
@@ -182,7 +186,7 @@ def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, 
     return anyio.to_thread.run_sync(functools.partial(fn, **named), abandon_on_cancel=abandon)
 
 
-class _Batch:
+class _Batch(_Shared):
     """The async part of one send: its rows, its results, and any tasks running receivers.
 
     Receivers append their results in order until one suspends; from then on each takes its
@@ -190,7 +194,9 @@ class _Batch:
     whichever receiver finishes first.
 
     Only what the driver needs is set up front; the task bookkeeping is set by ``prepare`` when
-    a receiver first suspends, so that a send whose receivers never suspend stays cheap.
+    a receiver first suspends, so that a send whose receivers never suspend stays cheap. A
+    batch is also the context its tasks share (a :class:`_Shared`) and their done callback
+    (:meth:`__call__`): one object per send that suspends, not three.
     """
 
     __slots__ = (
@@ -205,13 +211,16 @@ class _Batch:
         "rest",
         "results",
         "robust",
-        "rows",
-        "shared",
+        "running",
         "signal",
         "task_group",
-        "tasks",
         "waiter",
     )
+    # The results of the receivers _split started, in order; while a receiver runs in an
+    # asyncio task its slot holds (receiver, task, entry) instead, the task's value is taken
+    # at the end (see collect()). So no map from tasks to slots: a done task's slot is only
+    # looked for when it failed.
+    later: list[tuple[Any, ...]]
 
     def __init__(
         self,
@@ -223,10 +232,9 @@ class _Batch:
         results: Results,
     ) -> None:
         self.signal = signal
-        self.rows = rows
         # The rows not started yet: the driver takes them one by one, and _split takes all
         # that are left when the driver suspends (so the driver stops after that receiver).
-        self.rest = itertools.islice(rows, start, None)
+        self.rest = itertools.islice(rows, start, None) if start else iter(rows)
         self.named = named
         self.robust = robust
         self.results = results
@@ -242,15 +250,14 @@ class _Batch:
         self.task_group = task_group
         # The context every task of this send runs in: one copy of the caller's, shared, and
         # what they change in it copied back when the send returns (Django's semantics).
-        self.shared = _Shared()
+        self.share()
         self.failures: list[BaseException] = []
-        # Running tasks, with where their result goes: (slot, receiver, entry).
-        self.tasks: dict[asyncio.Task[Any], tuple[int, Any, _Entry]] = {}
+        self.running = 0  # asyncio tasks whose done callback has not run yet
         self.waiter: asyncio.Future[None] | None = None
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
-        self.doomed: set[asyncio.Task[Any]] = set()  # the tasks cancel_all() cancelled
-        self.later: Results = []  # the results of the receivers _split started
+        # The tasks cancel_all() cancelled: made by the first cancel_all(), a cold path.
+        self.doomed: set[asyncio.Task[Any]] | None = None
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
@@ -276,15 +283,27 @@ class _Batch:
         self.fail(error)
         return None
 
-    def task_done(self, task: asyncio.Task[Any]) -> None:
-        tasks = self.tasks
-        slot, fn, entry = tasks.pop(task)
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        """A task of the batch is done: the batch is its tasks' done callback."""
+        self.running -= 1
         try:
-            self.later[slot] = (fn, task.result())
+            task.result()  # its value stays in the task until collect() takes it
         except BaseException:  # failed or cancelled: the cold path
-            self.settle(slot, fn, entry, task)
-        if not tasks and self.waiter is not None and not self.waiter.done():
+            later = self.later
+            for slot, pending in enumerate(later):
+                if len(pending) == 3 and pending[1] is task:
+                    self.settle(slot, pending[0], pending[2], task)
+                    break
+        if not self.running and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def collect(self) -> Results:
+        """The send's results, in connection order, once every receiver has finished."""
+        results = self.results
+        for pending in self.later:
+            # A 3-tuple: (receiver, task, entry) of a task that succeeded.
+            results.append(pending if len(pending) == 2 else (pending[0], pending[1].result()))
+        return results
 
     def fail(self, error: BaseException) -> None:
         """Keep ``error`` for the group; the first one cancels the others.
@@ -308,8 +327,13 @@ class _Batch:
         """
         retry = False
         doomed = self.doomed
-        for task in self.tasks:
-            if task in doomed:
+        if doomed is None:
+            doomed = self.doomed = set()
+        for pending in self.later:
+            if len(pending) != 3:
+                continue
+            task = pending[1]
+            if task in doomed or task.done():
                 continue
             if _shielded(task):
                 retry = True
@@ -324,20 +348,6 @@ class _Batch:
                 self.parent.cancel()
         if retry and self.loop is not None:
             self.loop.call_soon(self.cancel_all)
-
-    async def wait(self) -> None:
-        """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
-        cancelled: asyncio.CancelledError | None = None
-        while self.tasks:
-            assert self.loop is not None
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            except asyncio.CancelledError as exc:
-                cancelled = exc  # the original: AnyIO scopes recognise theirs by its message
-                self.cancel_all()
-        if cancelled is not None:
-            raise cancelled
 
 
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
@@ -356,14 +366,19 @@ def _split(batch: _Batch) -> None:
     driver per task would make them start one loop iteration after another).
     """
     named = batch.named
+    # Every ``fn(**named)`` first copies ``named`` into a new dict, which CPython does by
+    # cloning its key table, with a fresh allocation, when the dict has never had a key
+    # deleted; otherwise it fills a table from the interpreter's free list. A coroutine keeps
+    # its copy until it ends, so with one deleted key a send to N suspending receivers holds
+    # N key tables fewer (the contents and order of ``named`` do not change).
+    named[_HOLE] = None
+    del named[_HOLE]
     # Their results, in order, go after the suspended receiver's, which the driver appends.
-    results: Results = []
+    results: list[tuple[Any, ...]] = []
     batch.later = results
     task_group = batch.task_group
-    task_done = batch.task_done
-    tasks = batch.tasks
     loop = batch.loop
-    context = batch.shared.context
+    context = batch.context
     eager = _EAGER
     for get, mode, entry in batch.rest:
         if batch.failures:
@@ -397,17 +412,26 @@ def _split(batch: _Batch) -> None:
         if type(value) is not _COROUTINE:
             value = _wrap(value)
         task: asyncio.Task[Any]
+        # Named after the receiver, which shows in a dump of the running tasks and costs no
+        # string per task (asyncio formats a "Task-<n>" for a task without a name).
         if eager:
             # The task's first step runs now, inside the task (as with eager_task_factory,
             # but for our tasks only, whatever factory the application set).
-            task = asyncio.Task(value, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
+            task = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
+                value,
+                loop=loop,
+                name=entry.name,
+                context=context,
+                eager_start=True,  # pyright: ignore[reportCallIssue]
+            )
             if task.done():  # it ran to the end already
                 batch.settle(slot, fn, entry, task)
                 continue
         else:
-            task = loop.create_task(value, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
-        tasks[task] = (slot, fn, entry)
-        task.add_done_callback(task_done)
+            task = loop.create_task(value, name=entry.name, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+        results[slot] = (fn, task, entry)
+        batch.running += 1
+        task.add_done_callback(batch)
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:
@@ -491,7 +515,8 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
     return await _resume(coro, value, context)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
-async def run(
+@types.coroutine
+def run(
     signal: object,
     rows: tuple[Row, ...],
     start: int,
@@ -501,18 +526,27 @@ async def run(
     concurrent: bool = True,
     timeout: float | None = None,
     max_concurrency: int | None = None,
-) -> Results:
-    """Run ``rows[start:]``; return ``results`` extended with theirs, in connection order."""
+) -> Generator[Any, Any, Results]:
+    """Run ``rows[start:]``; return ``results`` extended with theirs, in connection order.
+
+    Awaited like a coroutine function. It is a generator-based coroutine so that it can step
+    the driver and wait for the tasks itself: a send that suspends then keeps one frame for
+    all of it, not one per step (the driver's stepper and the waiting would each be one).
+    """
+    done: Results  # what the other strategies return (yield from gives it no type)
     if not concurrent:
-        return await _run_sequential(signal, rows, start, results, named, robust, timeout)
+        done = yield from _run_sequential(signal, rows, start, results, named, robust, timeout)
+        return done
     if timeout is not None or max_concurrency is not None:
-        return await _run_bounded(
+        done = yield from _run_bounded(
             signal, rows, start, results, named, robust, timeout, max_concurrency
         )
+        return done
     batch = _Batch(signal, rows, start, named, robust, results)
     loop = asyncio.events._get_running_loop()
     if loop is None:
-        return await _run_trio(batch)
+        done = yield from _run_trio(batch)
+        return done
 
     # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
@@ -527,46 +561,62 @@ async def run(
         raise group(signal, [exc]) from None
     batch.prepare(loop, asyncio.current_task(), None)
     batch.parent_busy = True
-    caught: asyncio.CancelledError | None = None
+    # Few locals, as in _send: the generator holds them all for as long as the send runs.
+    cancelled: BaseException | None = None
+    fatal: BaseException | None = None
     try:
         _split(batch)
         # The held receiver carries on in the caller's context, where it started (a token it
-        # set there must reset there).
-        await _resume(driver, value, None)
+        # set there must reset there): what _resume() does, inline.
+        while True:
+            try:
+                value = yield value
+            except BaseException as exc:
+                value = driver.throw(exc)
+            else:
+                value = driver.send(value)
+    except StopIteration:
+        pass
     except asyncio.CancelledError as exc:
-        caught = exc
+        cancelled = exc
     except Exception as exc:
         batch.parent_busy = False  # fail() must not cancel the task that is running it
         batch.fail(exc)
-    except BaseException:
+    except BaseException as exc:
         # KeyboardInterrupt, SystemExit...: nothing may keep running behind it.
         batch.parent_busy = False
         driver.close()
         batch.cancel_all()
-        try:
-            await batch.wait()
-        finally:
-            batch.shared.restore()
-        raise
+        fatal = exc
     finally:
         batch.parent_busy = False
     try:
         # A cancellation is the caller's unless we asked for it because a receiver failed
         # (and, as in asyncio.TaskGroup, uncancel() tells whether someone else asked too).
-        external = caught is not None and not batch.ours
-        if batch.ours and batch.parent is not None and batch.parent.uncancel() > 0:
-            external = True
-        if external:
+        if fatal is None and batch.ours and batch.parent is not None:
+            if batch.parent.uncancel() > 0:
+                cancelled = cancelled or asyncio.CancelledError()
+            else:
+                cancelled = None
+        if fatal is None and cancelled is not None:
             batch.cancel_all()
-            await batch.wait()
-            raise caught or asyncio.CancelledError()
-        await batch.wait()
+        # Wait for every task; if the caller is cancelled meanwhile, cancel them first.
+        while batch.running:
+            batch.waiter = loop.create_future()
+            try:
+                yield from batch.waiter
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # the original: AnyIO scopes recognise theirs by its message
+                batch.cancel_all()
     finally:
-        batch.shared.restore()
+        batch.restore()
+    if cancelled is not None:
+        raise cancelled
+    if fatal is not None:
+        raise fatal
     if batch.failures:
         raise group(signal, batch.failures)
-    results.extend(batch.later)
-    return results
+    return batch.collect()
 
 
 async def _run_trio(batch: _Batch) -> Results:
@@ -625,11 +675,10 @@ async def _run_trio(batch: _Batch) -> Results:
         else:
             await task_group.__aexit__(None, None, None)
     finally:
-        batch.shared.restore()  # after the group: its tasks have all finished
+        batch.restore()  # after the group: its tasks have all finished
     if batch.failures:
         raise group(batch.signal, batch.failures)
-    batch.results.extend(batch.later)
-    return batch.results
+    return batch.collect()
 
 
 #: :func:`_open_late`, KI-protected (a KeyboardInterrupt must not land while it moves trio's
@@ -728,11 +777,10 @@ async def _run_trio_early(batch: _Batch) -> Results:
                     batch.fail(exc)
     finally:
         if prepared:
-            batch.shared.restore()  # after the group: its tasks have all finished
+            batch.restore()  # after the group: its tasks have all finished
     if batch.failures:
         raise group(batch.signal, batch.failures)
-    batch.results.extend(batch.later)
-    return batch.results
+    return batch.collect()
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float | None, entry: _Entry) -> Any:
