@@ -59,6 +59,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import operator
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
@@ -203,7 +204,6 @@ class _Batch(_Shared):
         "doomed",
         "failures",
         "later",
-        "loop",
         "named",
         "ours",
         "parent",
@@ -240,12 +240,8 @@ class _Batch(_Shared):
         self.results = results
 
     def prepare(
-        self,
-        loop: asyncio.AbstractEventLoop | None,
-        parent: asyncio.Task[Any] | None,
-        task_group: anyio.abc.TaskGroup | None,
+        self, parent: asyncio.Task[Any] | None, task_group: anyio.abc.TaskGroup | None
     ) -> None:
-        self.loop = loop
         self.parent = parent
         self.task_group = task_group
         # The context every task of this send runs in: one copy of the caller's, shared, and
@@ -346,8 +342,8 @@ class _Batch(_Shared):
             else:
                 self.ours = True
                 self.parent.cancel()
-        if retry and self.loop is not None:
-            self.loop.call_soon(self.cancel_all)
+        if retry:
+            asyncio.get_running_loop().call_soon(self.cancel_all)
 
 
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
@@ -359,7 +355,7 @@ async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> N
     batch.later[slot] = (fn, value)
 
 
-def _split(batch: _Batch) -> None:
+def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
     """The driver is suspended in a receiver: start every receiver after it now.
 
     Sync receivers run inline; the others each get a task, as with ``asyncio.gather`` (a
@@ -374,64 +370,76 @@ def _split(batch: _Batch) -> None:
     named[_HOLE] = None
     del named[_HOLE]
     # Their results, in order, go after the suspended receiver's, which the driver appends.
-    results: list[tuple[Any, ...]] = []
+    # The list is made once with a slot per row left: appending would make it grow by steps
+    # to up to twice that. (An islice of the rows gives no hint: that list grows.)
+    size = operator.length_hint(batch.rest)
+    results: list[tuple[Any, ...]] = [_PENDING] * size
     batch.later = results
+    slot = 0
     task_group = batch.task_group
-    loop = batch.loop
     context = batch.context
     eager = _EAGER
-    for get, mode, entry in batch.rest:
-        if batch.failures:
-            collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
-            return
-        fn = get()
-        if fn is None:
-            continue
-        if task_group is not None:
-            # trio: no receiver may run before the suspended one's trap reaches trio (it
-            # has already registered the sending task to be woken), so every one gets a task.
-            slot = len(results)
-            results.append(_PENDING)
-            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), context)
-            continue
-        try:
-            # A sync receiver runs inline, in the caller's context.
-            value: Any = fn(**named) if mode != THREAD else _in_thread(fn, named, False)
-            if mode == INLINE and (
-                value is None
-                or type(value) in NOT_AWAITABLE
-                or not hasattr(type(value), "__await__")
-            ):
-                results.append((fn, value))
+    try:
+        for get, mode, entry in batch.rest:
+            if batch.failures:
+                collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
+                return
+            fn = get()
+            if fn is None:
                 continue
-        except Exception as exc:
-            results.append((fn, batch.caught(entry, exc)))
-            continue
-        slot = len(results)
-        results.append(_PENDING)
-        if type(value) is not _COROUTINE:
-            value = _wrap(value)
-        task: asyncio.Task[Any]
-        # Named after the receiver, which shows in a dump of the running tasks and costs no
-        # string per task (asyncio formats a "Task-<n>" for a task without a name).
-        if eager:
-            # The task's first step runs now, inside the task (as with eager_task_factory,
-            # but for our tasks only, whatever factory the application set).
-            task = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
-                value,
-                loop=loop,
-                name=entry.name,
-                context=context,
-                eager_start=True,  # pyright: ignore[reportCallIssue]
-            )
-            if task.done():  # it ran to the end already
-                batch.settle(slot, fn, entry, task)
+            if slot == size:
+                results.append(_PENDING)
+                size += 1
+            if task_group is not None:
+                # trio: no receiver may run before the suspended one's trap reaches trio (it
+                # has already registered the sending task to be woken), so every one gets a
+                # task.
+                task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), context)
+                slot += 1
                 continue
-        else:
-            task = loop.create_task(value, name=entry.name, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
-        results[slot] = (fn, task, entry)
-        batch.running += 1
-        task.add_done_callback(batch)
+            try:
+                # A sync receiver runs inline, in the caller's context.
+                value: Any = fn(**named) if mode != THREAD else _in_thread(fn, named, False)
+                if mode == INLINE and (
+                    value is None
+                    or type(value) in NOT_AWAITABLE
+                    or not hasattr(type(value), "__await__")
+                ):
+                    results[slot] = (fn, value)
+                    slot += 1
+                    continue
+            except Exception as exc:
+                results[slot] = (fn, batch.caught(entry, exc))
+                slot += 1
+                continue
+            if type(value) is not _COROUTINE:
+                value = _wrap(value)
+            task: asyncio.Task[Any]
+            # Named after the receiver, which shows in a dump of the running tasks and costs
+            # no string per task (asyncio formats a "Task-<n>" for a task without a name).
+            if eager:
+                # The task's first step runs now, inside the task (as with
+                # eager_task_factory, but for our tasks only, whatever factory the
+                # application set).
+                task = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
+                    value,
+                    loop=loop,
+                    name=entry.name,
+                    context=context,
+                    eager_start=True,  # pyright: ignore[reportCallIssue]
+                )
+                if task.done():  # it ran to the end already
+                    batch.settle(slot, fn, entry, task)
+                    slot += 1
+                    continue
+            else:
+                task = loop.create_task(value, name=entry.name, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+            results[slot] = (fn, task, entry)
+            slot += 1
+            batch.running += 1
+            task.add_done_callback(batch)
+    finally:
+        del results[slot:]  # the slots of rows that were dead or never started
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:
@@ -533,20 +541,21 @@ def run(
     the driver and wait for the tasks itself: a send that suspends then keeps one frame for
     all of it, not one per step (the driver's stepper and the waiting would each be one).
     """
-    done: Results  # what the other strategies return (yield from gives it no type)
+    # The other strategies' results come back in ``results`` (a local more would cost each
+    # suspended send 8 bytes; yield from gives them no type, the parameter does).
     if not concurrent:
-        done = yield from _run_sequential(signal, rows, start, results, named, robust, timeout)
-        return done
+        results = yield from _run_sequential(signal, rows, start, results, named, robust, timeout)
+        return results
     if timeout is not None or max_concurrency is not None:
-        done = yield from _run_bounded(
+        results = yield from _run_bounded(
             signal, rows, start, results, named, robust, timeout, max_concurrency
         )
-        return done
+        return results
     batch = _Batch(signal, rows, start, named, robust, results)
     loop = asyncio.events._get_running_loop()
     if loop is None:
-        done = yield from _run_trio(batch)
-        return done
+        results = yield from _run_trio(batch)
+        return results
 
     # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
@@ -559,13 +568,13 @@ def run(
             return results
     except Exception as exc:
         raise group(signal, [exc]) from None
-    batch.prepare(loop, asyncio.current_task(), None)
+    batch.prepare(asyncio.current_task(), None)
     batch.parent_busy = True
     # Few locals, as in _send: the generator holds them all for as long as the send runs.
     cancelled: BaseException | None = None
     fatal: BaseException | None = None
     try:
-        _split(batch)
+        _split(batch, loop)
         # The held receiver carries on in the caller's context, where it started (a token it
         # set there must reset there): what _resume() does, inline.
         while True:
@@ -660,11 +669,11 @@ async def _run_trio(batch: _Batch) -> Results:
         except Exception as exc:
             raise group(batch.signal, [exc]) from None
         return batch.results
-    batch.prepare(None, None, task_group)
+    batch.prepare(None, task_group)
     try:
         # The body of ``async with task_group``, which _open_late entered.
         try:
-            _split(batch)
+            _split(batch, None)
             try:
                 await _resume(driver, value, None)
             except Exception as exc:
@@ -768,9 +777,9 @@ async def _run_trio_early(batch: _Batch) -> Results:
                 # Raised after the group, so that trio does not wrap it in a group of its own.
                 batch.failures = [exc]
             else:
-                batch.prepare(None, None, task_group)
+                batch.prepare(None, task_group)
                 prepared = True
-                _split(batch)
+                _split(batch, None)
                 try:
                     await _resume(driver, value, None)
                 except Exception as exc:

@@ -303,8 +303,7 @@ async def _send(
         )
     # None for an untyped signal nobody waits on; else the keyword names a typed send
     # passes, or _NEVER while someone waits: anything else goes through _before().
-    names = self._names
-    if names is not None and named.keys() != names:
+    if self._names is not None and named.keys() != self._names:
         self._before(sender, named)
     if self._silent:
         return []
