@@ -76,6 +76,7 @@ logger = logging.getLogger("asignals")
 Results = list[tuple[Any, Any]]
 
 _EAGER = sys.version_info >= (3, 12)
+_Task = asyncio.Task
 
 
 _COROUTINE = types.CoroutineType
@@ -296,9 +297,8 @@ class _Batch(_Shared):
     def collect(self) -> Results:
         """The send's results, in connection order, once every receiver has finished."""
         results = self.results
-        for pending in self.later:
-            # A 3-tuple: (receiver, task, entry) of a task that succeeded.
-            results.append(pending if len(pending) == 2 else (pending[0], pending[1].result()))
+        # A 3-tuple is (receiver, task, entry) of a task that succeeded.
+        results += [p if len(p) == 2 else (p[0], p[1].result()) for p in self.later]
         return results
 
     def fail(self, error: BaseException) -> None:
@@ -376,6 +376,7 @@ def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
     results: list[tuple[Any, ...]] = [_PENDING] * size
     batch.later = results
     slot = 0
+    started = 0  # asyncio tasks with a done callback: counted once, none can run meanwhile
     task_group = batch.task_group
     context = batch.context
     eager = _EAGER
@@ -421,7 +422,7 @@ def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
                 # The task's first step runs now, inside the task (as with
                 # eager_task_factory, but for our tasks only, whatever factory the
                 # application set).
-                task = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
+                task = _Task(  # type: ignore[call-arg,unused-ignore]
                     value,
                     loop=loop,
                     name=entry.name,
@@ -436,10 +437,11 @@ def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
                 task = loop.create_task(value, name=entry.name, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
             results[slot] = (fn, task, entry)
             slot += 1
-            batch.running += 1
+            started += 1
             task.add_done_callback(batch)
     finally:
         del results[slot:]  # the slots of rows that were dead or never started
+        batch.running += started
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:
