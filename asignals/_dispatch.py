@@ -362,11 +362,13 @@ def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
     driver per task would make them start one loop iteration after another).
     """
     named = batch.named
-    # Every ``fn(**named)`` first copies ``named`` into a new dict, which CPython does by
-    # cloning its key table, with a fresh allocation, when the dict has never had a key
-    # deleted; otherwise it fills a table from the interpreter's free list. A coroutine keeps
-    # its copy until it ends, so with one deleted key a send to N suspending receivers holds
-    # N key tables fewer (the contents and order of ``named`` do not change).
+    # Every ``fn(**named)`` copies ``named`` into a dict for the call. CPython makes that
+    # copy by cloning the key table of ``named`` (a new allocation each time) if ``named`` has
+    # never had a key deleted, and from its free list of small tables otherwise. The clones
+    # pile up on that free list while each suspended receiver holds a table taken from it
+    # (its ``**kwargs``), so a send to N suspending receivers would hold N tables more at its
+    # peak. One deleted key (the contents and order of ``named`` stay the same) makes the
+    # copies use the free list: 120 bytes less per receiver, for some 50-100 ns more per call.
     named[_HOLE] = None
     del named[_HOLE]
     # Their results, in order, go after the suspended receiver's, which the driver appends.
