@@ -382,6 +382,9 @@ def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
     task_group = batch.task_group
     context = batch.context
     eager = _EAGER
+    # Without a task factory, loop.create_task() only calls Task() (asyncio's in Python code,
+    # uvloop's then renaming the task it made): calling Task() directly saves that per task.
+    direct = loop is not None and loop.get_task_factory() is None
     try:
         for get, mode, entry in batch.rest:
             if batch.failures:
@@ -435,6 +438,8 @@ def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
                     batch.settle(slot, fn, entry, task)
                     slot += 1
                     continue
+            elif direct:
+                task = _Task(value, loop=loop, name=entry.name, context=context)
             else:
                 task = loop.create_task(value, name=entry.name, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
             results[slot] = (fn, task, entry)
