@@ -323,10 +323,15 @@ def eager_task_group(case: Case) -> Batch:
     """``asyncio.TaskGroup`` with the loop's task factory set to ``asyncio.eager_task_factory``."""
     batch = task_group(case)
 
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
+        # uvloop passes eager_start=None on 3.13, which asyncio's factory refuses there.
+        options.pop("eager_start", None)
+        return asyncio.eager_task_factory(loop, coro, **options)  # type: ignore[attr-defined]
+
     async def eager_batch(k: int) -> int:
         loop = asyncio.get_running_loop()
         previous = loop.get_task_factory()
-        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        loop.set_task_factory(factory)
         try:
             return await batch(k)
         finally:
