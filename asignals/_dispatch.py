@@ -57,6 +57,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import operator
 import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
@@ -73,6 +74,7 @@ logger = logging.getLogger("asignals")
 Results = list[tuple[Any, Any]]
 
 _EAGER = sys.version_info >= (3, 12)
+_Task = asyncio.Task
 
 
 _COROUTINE = types.CoroutineType
@@ -80,6 +82,7 @@ _PENDING: Any = (None, None)  # a result slot whose receiver is still running
 #: Results no receiver returns as an awaitable: a set lookup instead of an attribute lookup.
 NOT_AWAITABLE: Final = frozenset({int, str, bool, float, bytes, tuple, list, dict, set})
 _UNSET: Any = object()
+_HOLE: Final = "\x00hole"  # a key no keyword argument can spell (see _split)
 
 
 class _Shared:
@@ -88,6 +91,9 @@ class _Shared:
     __slots__ = ("base", "context")
 
     def __init__(self) -> None:
+        self.share()
+
+    def share(self) -> None:
         self.base = contextvars.copy_context()
         self.context = self.base.copy()
 
@@ -180,7 +186,7 @@ def _in_thread(fn: Any, named: dict[str, Any], abandon: bool) -> Coroutine[Any, 
     return anyio.to_thread.run_sync(functools.partial(fn, **named), abandon_on_cancel=abandon)
 
 
-class _Batch:
+class _Batch(_Shared):
     """The async part of one send: its rows, its results, and any tasks running receivers.
 
     Receivers append their results in order until one suspends; from then on each takes its
@@ -188,14 +194,15 @@ class _Batch:
     whichever receiver finishes first.
 
     Only what the driver needs is set up front; the task bookkeeping is set by ``prepare`` when
-    a receiver first suspends, so that a send whose receivers never suspend stays cheap.
+    a receiver first suspends, so that a send whose receivers never suspend stays cheap. A
+    batch is also the context its tasks share (a :class:`_Shared`) and their done callback
+    (:meth:`__call__`): one object per send that suspends, not three.
     """
 
     __slots__ = (
         "doomed",
         "failures",
         "later",
-        "loop",
         "named",
         "ours",
         "parent",
@@ -203,13 +210,16 @@ class _Batch:
         "rest",
         "results",
         "robust",
-        "rows",
-        "shared",
+        "running",
         "signal",
         "task_group",
-        "tasks",
         "waiter",
     )
+    # The results of the receivers _split started, in order; while a receiver runs in an
+    # asyncio task its slot holds (receiver, task, entry) instead, the task's value is taken
+    # at the end (see collect()). So no map from tasks to slots: a done task's slot is only
+    # looked for when it failed.
+    later: list[tuple[Any, ...]]
 
     def __init__(
         self,
@@ -221,34 +231,28 @@ class _Batch:
         results: Results,
     ) -> None:
         self.signal = signal
-        self.rows = rows
         # The rows not started yet: the driver takes them one by one, and _split takes all
         # that are left when the driver suspends (so the driver stops after that receiver).
-        self.rest = itertools.islice(rows, start, None)
+        self.rest = itertools.islice(rows, start, None) if start else iter(rows)
         self.named = named
         self.robust = robust
         self.results = results
 
     def prepare(
-        self,
-        loop: asyncio.AbstractEventLoop | None,
-        parent: asyncio.Task[Any] | None,
-        task_group: anyio.abc.TaskGroup | None,
+        self, parent: asyncio.Task[Any] | None, task_group: anyio.abc.TaskGroup | None
     ) -> None:
-        self.loop = loop
         self.parent = parent
         self.task_group = task_group
         # The context every task of this send runs in: one copy of the caller's, shared, and
         # what they change in it copied back when the send returns (Django's semantics).
-        self.shared = _Shared()
+        self.share()
         self.failures: list[BaseException] = []
-        # Running tasks, with where their result goes: (slot, receiver, entry).
-        self.tasks: dict[asyncio.Task[Any], tuple[int, Any, _Entry]] = {}
+        self.running = 0  # asyncio tasks whose done callback has not run yet
         self.waiter: asyncio.Future[None] | None = None
         self.parent_busy = False
         self.ours = False  # we cancelled the parent task because a receiver failed
-        self.doomed: set[asyncio.Task[Any]] = set()  # the tasks cancel_all() cancelled
-        self.later: Results = []  # the results of the receivers _split started
+        # The tasks cancel_all() cancelled: made by the first cancel_all(), a cold path.
+        self.doomed: set[asyncio.Task[Any]] | None = None
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
@@ -274,15 +278,26 @@ class _Batch:
         self.fail(error)
         return None
 
-    def task_done(self, task: asyncio.Task[Any]) -> None:
-        tasks = self.tasks
-        slot, fn, entry = tasks.pop(task)
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        """A task of the batch is done: the batch is its tasks' done callback."""
+        self.running -= 1
         try:
-            self.later[slot] = (fn, task.result())
+            task.result()  # its value stays in the task until collect() takes it
         except BaseException:  # failed or cancelled: the cold path
-            self.settle(slot, fn, entry, task)
-        if not tasks and self.waiter is not None and not self.waiter.done():
+            later = self.later
+            for slot, pending in enumerate(later):
+                if len(pending) == 3 and pending[1] is task:
+                    self.settle(slot, pending[0], pending[2], task)
+                    break
+        if not self.running and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def collect(self) -> Results:
+        """The send's results, in connection order, once every receiver has finished."""
+        results = self.results
+        # A 3-tuple is (receiver, task, entry) of a task that succeeded.
+        results += [p if len(p) == 2 else (p[0], p[1].result()) for p in self.later]
+        return results
 
     def fail(self, error: BaseException) -> None:
         """Keep ``error`` for the group; the first one cancels the others.
@@ -306,8 +321,13 @@ class _Batch:
         """
         retry = False
         doomed = self.doomed
-        for task in self.tasks:
-            if task in doomed:
+        if doomed is None:
+            doomed = self.doomed = set()
+        for pending in self.later:
+            if len(pending) != 3:
+                continue
+            task = pending[1]
+            if task in doomed or task.done():
                 continue
             if _shielded(task):
                 retry = True
@@ -320,22 +340,8 @@ class _Batch:
             else:
                 self.ours = True
                 self.parent.cancel()
-        if retry and self.loop is not None:
-            self.loop.call_soon(self.cancel_all)
-
-    async def wait(self) -> None:
-        """Wait for every task; if the caller is cancelled meanwhile, cancel them first."""
-        cancelled: asyncio.CancelledError | None = None
-        while self.tasks:
-            assert self.loop is not None
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            except asyncio.CancelledError as exc:
-                cancelled = exc  # the original: AnyIO scopes recognise theirs by its message
-                self.cancel_all()
-        if cancelled is not None:
-            raise cancelled
+        if retry:
+            asyncio.get_running_loop().call_soon(self.cancel_all)
 
 
 async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> None:
@@ -347,65 +353,100 @@ async def _one(batch: _Batch, slot: int, fn: Any, mode: int, entry: _Entry) -> N
     batch.later[slot] = (fn, value)
 
 
-def _split(batch: _Batch) -> None:
+def _split(batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
     """The driver is suspended in a receiver: start every receiver after it now.
 
     Sync receivers run inline; the others each get a task, as with ``asyncio.gather`` (a
     driver per task would make them start one loop iteration after another).
     """
     named = batch.named
+    # Every ``fn(**named)`` copies ``named`` into a dict for the call. CPython makes that
+    # copy by cloning the key table of ``named`` (a new allocation each time) if ``named`` has
+    # never had a key deleted, and from its free list of small tables otherwise. The clones
+    # pile up on that free list while each suspended receiver holds a table taken from it
+    # (its ``**kwargs``), so a send to N suspending receivers would hold N tables more at its
+    # peak. One deleted key (the contents and order of ``named`` stay the same) makes the
+    # copies use the free list: 120 bytes less per receiver, for some 50-100 ns more per call.
+    named[_HOLE] = None
+    del named[_HOLE]
     # Their results, in order, go after the suspended receiver's, which the driver appends.
-    results: Results = []
+    # The list is made once with a slot per row left: appending would make it grow by steps
+    # to up to twice that. (An islice of the rows gives no hint: that list grows.)
+    size = operator.length_hint(batch.rest)
+    results: list[tuple[Any, ...]] = [_PENDING] * size
     batch.later = results
+    slot = 0
+    started = 0  # asyncio tasks with a done callback: counted once, none can run meanwhile
     task_group = batch.task_group
-    task_done = batch.task_done
-    tasks = batch.tasks
-    loop = batch.loop
-    context = batch.shared.context
+    context = batch.context
     eager = _EAGER
-    for get, mode, entry in batch.rest:
-        if batch.failures:
-            collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
-            return
-        fn = get()
-        if fn is None:
-            continue
-        if task_group is not None:
-            # trio: no receiver may run before the suspended one's trap reaches trio (it
-            # has already registered the sending task to be woken), so every one gets a task.
-            slot = len(results)
-            results.append(_PENDING)
-            task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), context)
-            continue
-        try:
-            # A sync receiver runs inline, in the caller's context.
-            value: Any = fn(**named) if mode != THREAD else _in_thread(fn, named, False)
-            if mode == INLINE and (
-                value is None
-                or type(value) in NOT_AWAITABLE
-                or not hasattr(type(value), "__await__")
-            ):
-                results.append((fn, value))
+    # Without a task factory, loop.create_task() only calls Task() (asyncio's in Python code,
+    # uvloop's then renaming the task it made): calling Task() directly saves that per task.
+    direct = loop is not None and loop.get_task_factory() is None
+    try:
+        for get, mode, entry in batch.rest:
+            if batch.failures:
+                collections.deque(batch.rest, maxlen=0)  # nor may the driver start any
+                return
+            fn = get()
+            if fn is None:
                 continue
-        except Exception as exc:
-            results.append((fn, batch.caught(entry, exc)))
-            continue
-        slot = len(results)
-        results.append(_PENDING)
-        if type(value) is not _COROUTINE:
-            value = _wrap(value)
-        task: asyncio.Task[Any]
-        if eager:
-            # The task's first step runs now, inside the task (as with eager_task_factory,
-            # but for our tasks only, whatever factory the application set).
-            task = asyncio.Task(value, loop=loop, context=context, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # pyright: ignore[reportCallIssue]
-            if task.done():  # it ran to the end already
-                batch.settle(slot, fn, entry, task)
+            if slot == size:
+                results.append(_PENDING)
+                size += 1
+            if task_group is not None:
+                # trio: no receiver may run before the suspended one's trap reaches trio (it
+                # has already registered the sending task to be woken), so every one gets a
+                # task.
+                task_group.start_soon(_run_in, _one(batch, slot, fn, mode, entry), context)
+                slot += 1
                 continue
-        else:
-            task = loop.create_task(value, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
-        tasks[task] = (slot, fn, entry)
-        task.add_done_callback(task_done)
+            try:
+                # A sync receiver runs inline, in the caller's context.
+                value: Any = fn(**named) if mode != THREAD else _in_thread(fn, named, False)
+                if mode == INLINE and (
+                    value is None
+                    or type(value) in NOT_AWAITABLE
+                    or not hasattr(type(value), "__await__")
+                ):
+                    results[slot] = (fn, value)
+                    slot += 1
+                    continue
+            except Exception as exc:
+                results[slot] = (fn, batch.caught(entry, exc))
+                slot += 1
+                continue
+            if type(value) is not _COROUTINE:
+                value = _wrap(value)
+            task: asyncio.Task[Any]
+            # Named after the receiver, which shows in a dump of the running tasks and costs
+            # no string per task (asyncio formats a "Task-<n>" for a task without a name).
+            if eager:
+                # The task's first step runs now, inside the task (as with
+                # eager_task_factory, but for our tasks only, whatever factory the
+                # application set).
+                task = _Task(  # type: ignore[call-arg,unused-ignore]
+                    value,
+                    loop=loop,
+                    name=entry.name,
+                    context=context,
+                    eager_start=True,  # pyright: ignore[reportCallIssue]
+                )
+                if task.done():  # it ran to the end already
+                    batch.settle(slot, fn, entry, task)
+                    slot += 1
+                    continue
+            elif direct:
+                task = _Task(value, loop=loop, name=entry.name, context=context)
+            else:
+                task = loop.create_task(value, name=entry.name, context=context)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+            results[slot] = (fn, task, entry)
+            slot += 1
+            started += 1
+            task.add_done_callback(batch)
+    finally:
+        del results[slot:]  # the slots of rows that were dead or never started
+        batch.running += started
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:
@@ -489,7 +530,8 @@ async def _run_in(coro: Coroutine[Any, Any, Any], context: contextvars.Context) 
     return await _resume(coro, value, context)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
 
-async def run(
+@types.coroutine
+def run(
     signal: object,
     rows: tuple[Row, ...],
     start: int,
@@ -499,18 +541,28 @@ async def run(
     concurrent: bool = True,
     timeout: float | None = None,
     max_concurrency: int | None = None,
-) -> Results:
-    """Run ``rows[start:]``; return ``results`` extended with theirs, in connection order."""
+) -> Generator[Any, Any, Results]:
+    """Run ``rows[start:]``; return ``results`` extended with theirs, in connection order.
+
+    Awaited like a coroutine function. It is a generator-based coroutine so that it can step
+    the driver and wait for the tasks itself: a send that suspends then keeps one frame for
+    all of it, not one per step (the driver's stepper and the waiting would each be one).
+    """
+    # The other strategies' results come back in ``results`` (a local more would cost each
+    # suspended send 8 bytes; yield from gives them no type, the parameter does).
     if not concurrent:
-        return await _run_sequential(signal, rows, start, results, named, robust, timeout)
+        results = yield from _run_sequential(signal, rows, start, results, named, robust, timeout)
+        return results
     if timeout is not None or max_concurrency is not None:
-        return await _run_bounded(
+        results = yield from _run_bounded(
             signal, rows, start, results, named, robust, timeout, max_concurrency
         )
+        return results
     batch = _Batch(signal, rows, start, named, robust, results)
     loop = asyncio.events._get_running_loop()
     if loop is None:
-        return await _run_trio(batch)
+        results = yield from _run_trio(batch)
+        return results
 
     # The first driver runs in the sending task, in the caller's context, as inline code does.
     driver = _drive(batch)
@@ -523,48 +575,64 @@ async def run(
             return results
     except Exception as exc:
         raise group(signal, [exc]) from None
-    batch.prepare(loop, asyncio.current_task(), None)
+    batch.prepare(asyncio.current_task(), None)
     batch.parent_busy = True
-    caught: asyncio.CancelledError | None = None
+    # Few locals, as in _send: the generator holds them all for as long as the send runs.
+    cancelled: BaseException | None = None
+    fatal: BaseException | None = None
     try:
-        _split(batch)
+        _split(batch, loop)
         # The held receiver carries on in the caller's context, where it started (a token it
-        # set there must reset there).
-        await _resume(driver, value, None)
+        # set there must reset there): what _resume() does, inline.
+        while True:
+            try:
+                value = yield value
+            except BaseException as exc:
+                value = driver.throw(exc)
+            else:
+                value = driver.send(value)
+    except StopIteration:
+        pass
     except asyncio.CancelledError as exc:
-        caught = exc
+        cancelled = exc
     except Exception as exc:
         batch.parent_busy = False  # fail() must not cancel the task that is running it
         batch.fail(exc)
-    except BaseException:
+    except BaseException as exc:
         # KeyboardInterrupt, SystemExit...: nothing may keep running behind it.
         batch.parent_busy = False
         driver.close()
         batch.cancel_all()
-        try:
-            await batch.wait()
-        finally:
-            batch.shared.restore()
-        raise
+        fatal = exc
     finally:
         batch.parent_busy = False
     try:
         # A cancellation is the caller's unless we asked for it because a receiver failed
         # (and, as in asyncio.TaskGroup, uncancel() tells whether someone else asked too).
-        external = caught is not None and not batch.ours
-        if batch.ours and batch.parent is not None and batch.parent.uncancel() > 0:
-            external = True
-        if external:
+        if fatal is None and batch.ours and batch.parent is not None:
+            if batch.parent.uncancel() > 0:
+                cancelled = cancelled or asyncio.CancelledError()
+            else:
+                cancelled = None
+        if fatal is None and cancelled is not None:
             batch.cancel_all()
-            await batch.wait()
-            raise caught or asyncio.CancelledError()
-        await batch.wait()
+        # Wait for every task; if the caller is cancelled meanwhile, cancel them first.
+        while batch.running:
+            batch.waiter = loop.create_future()
+            try:
+                yield from batch.waiter
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # the original: AnyIO scopes recognise theirs by its message
+                batch.cancel_all()
     finally:
-        batch.shared.restore()
+        batch.restore()
+    if cancelled is not None:
+        raise cancelled
+    if fatal is not None:
+        raise fatal
     if batch.failures:
         raise group(signal, batch.failures)
-    results.extend(batch.later)
-    return results
+    return batch.collect()
 
 
 async def _run_trio(batch: _Batch) -> Results:
@@ -608,11 +676,11 @@ async def _run_trio(batch: _Batch) -> Results:
         except Exception as exc:
             raise group(batch.signal, [exc]) from None
         return batch.results
-    batch.prepare(None, None, task_group)
+    batch.prepare(None, task_group)
     try:
         # The body of ``async with task_group``, which _open_late entered.
         try:
-            _split(batch)
+            _split(batch, None)
             try:
                 await _resume(driver, value, None)
             except Exception as exc:
@@ -623,11 +691,10 @@ async def _run_trio(batch: _Batch) -> Results:
         else:
             await task_group.__aexit__(None, None, None)
     finally:
-        batch.shared.restore()  # after the group: its tasks have all finished
+        batch.restore()  # after the group: its tasks have all finished
     if batch.failures:
         raise group(batch.signal, batch.failures)
-    batch.results.extend(batch.later)
-    return batch.results
+    return batch.collect()
 
 
 #: :func:`_open_late`, KI-protected (a KeyboardInterrupt must not land while it moves trio's
@@ -717,20 +784,19 @@ async def _run_trio_early(batch: _Batch) -> Results:
                 # Raised after the group, so that trio does not wrap it in a group of its own.
                 batch.failures = [exc]
             else:
-                batch.prepare(None, None, task_group)
+                batch.prepare(None, task_group)
                 prepared = True
-                _split(batch)
+                _split(batch, None)
                 try:
                     await _resume(driver, value, None)
                 except Exception as exc:
                     batch.fail(exc)
     finally:
         if prepared:
-            batch.shared.restore()  # after the group: its tasks have all finished
+            batch.restore()  # after the group: its tasks have all finished
     if batch.failures:
         raise group(batch.signal, batch.failures)
-    batch.results.extend(batch.later)
-    return batch.results
+    return batch.collect()
 
 
 async def _bounded(awaitable: Awaitable[Any], timeout: float | None, entry: _Entry) -> Any:

@@ -303,13 +303,15 @@ async def _send(
     robust = False
     if sender is _MISSING or args or not _ordinary(named):
         robust = named.pop(_ROBUST, None) is True
-        method = "send_robust" if robust else "send"
-        given = args if sender is _MISSING else (sender, *args)
-        sender, options = _parse_call(self, method, given, named)
+        sender, options = _parse_call(
+            self,
+            "send_robust" if robust else "send",
+            args if sender is _MISSING else (sender, *args),
+            named,
+        )
     # None for an untyped signal nobody waits on; else the keyword names a typed send
     # passes, or _NEVER while someone waits: anything else goes through _before().
-    names = self._names
-    if names is not None and named.keys() != names:
+    if self._names is not None and named.keys() != self._names:
         self._before(sender, named)
     if self._silent:
         return []
@@ -336,8 +338,7 @@ async def _send(
         if fn is None:
             continue
         if mode and (mode != ASYNC or row is not last):
-            start = rows.index(row)
-            return await _dispatch.run(self, rows, start, results, named, robust)
+            return await _dispatch.run(self, rows, rows.index(row), results, named, robust)
         try:
             if mode:
                 # The last receiver, and async: nothing after it could run concurrently,

@@ -1,7 +1,8 @@
 """How fast is ``await signal.send(...)``? asignals beside its peers and the plain-Python limits.
 
-Run ``python benchmarks/dispatch.py`` (about 4 minutes) or ``--quick`` (under a minute). Needs the
-``benchmark`` extra: ``pip install -e '.[benchmark]'``.
+Run ``python benchmarks/dispatch.py`` (about 4 minutes) or ``--quick`` (under a minute);
+``--rows suspending:10,100 --no-growth`` measures only those cells and the peak memory per send.
+Needs the ``benchmark`` extra: ``pip install -e '.[benchmark]'``.
 
 For 0, 1, 10 and 100 receivers it reports the median time of one send, in nanoseconds, for
 
@@ -323,10 +324,15 @@ def eager_task_group(case: Case) -> Batch:
     """``asyncio.TaskGroup`` with the loop's task factory set to ``asyncio.eager_task_factory``."""
     batch = task_group(case)
 
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> Any:
+        # uvloop passes eager_start=None on 3.13, which asyncio's factory refuses there.
+        options.pop("eager_start", None)
+        return asyncio.eager_task_factory(loop, coro, **options)  # type: ignore[attr-defined]
+
     async def eager_batch(k: int) -> int:
         loop = asyncio.get_running_loop()
         previous = loop.get_task_factory()
-        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        loop.set_task_factory(factory)
         try:
             return await batch(k)
         finally:
@@ -451,14 +457,40 @@ Results = dict[tuple[str, int], dict[str, Measurement]]
 """(row key, N) -> contender -> median ns per send."""
 
 
-def measure_grid(run: RunCoroutine, settings: Settings, sleep: Sleep) -> Results:
+Selection = dict[str, tuple[int, ...]]
+"""Row key -> the Ns to measure (``--rows``); every row and N when empty."""
+
+
+def selected(selection: Selection) -> list[tuple[Row, int]]:
+    return [
+        (row, n)
+        for row in ROWS
+        for n in row.sizes
+        if not selection or n in selection.get(row.key, ())
+    ]
+
+
+def parse_rows(value: str) -> tuple[str, tuple[int, ...]]:
+    """``suspending:10,100`` -> ("suspending", (10, 100)); a bare key means all its Ns."""
+    key, _, sizes = value.partition(":")
+    row = next((row for row in ROWS if row.key == key), None)
+    if row is None:
+        raise argparse.ArgumentTypeError(f"no row {key!r}; rows: {[r.key for r in ROWS]}")
+    ns = tuple(int(n) for n in sizes.split(",")) if sizes else row.sizes
+    if not set(ns) <= set(row.sizes):
+        raise argparse.ArgumentTypeError(f"row {key!r} has N in {row.sizes}, not {ns}")
+    return key, ns
+
+
+def measure_grid(
+    run: RunCoroutine, settings: Settings, sleep: Sleep, selection: Selection
+) -> Results:
     results: Results = {}
-    for row in ROWS:
-        for n in row.sizes:
-            case = make_case(row, n, sleep)
-            columns = ASYNC_COLUMNS if row.asynchronous else SYNC_COLUMNS
-            contenders = {name: columns[name](case) for name in contenders_for(row, n)}
-            results[row.key, n] = measure_interleaved(run, contenders, settings)
+    for row, n in selected(selection):
+        case = make_case(row, n, sleep)
+        columns = ASYNC_COLUMNS if row.asynchronous else SYNC_COLUMNS
+        contenders = {name: columns[name](case) for name in contenders_for(row, n)}
+        results[row.key, n] = measure_interleaved(run, contenders, settings)
     return results
 
 
@@ -470,7 +502,14 @@ def grid_tables(results: Results) -> str:
     out = []
     for asynchronous, columns in ((False, SYNC_COLUMNS), (True, ASYNC_COLUMNS)):
         rows = [row for row in ROWS if row.asynchronous is asynchronous]
-        cells = [(row, n, results[row.key, n]) for row in rows for n in row.sizes]
+        cells = [
+            (row, n, results[row.key, n])
+            for row in rows
+            for n in row.sizes
+            if (row.key, n) in results
+        ]
+        if not cells:
+            continue
         shown = [name for name in columns if any(name in cell for _, _, cell in cells)]
         table = []
         for row, n, cell in cells:
@@ -501,6 +540,8 @@ def target_checks(results: Results) -> list[str]:
     lines = []
     for row in ROWS:
         for n in row.sizes:
+            if (row.key, n) not in results:
+                continue
             cell = results[row.key, n]
             limit = limit_of(row, n)
             target = target_of(row, n)
@@ -654,7 +695,7 @@ def measure_growth(run: RunCoroutine, sends: dict[bool, int], sleep: Sleep) -> l
 # trio (asignals only)
 
 
-def measure_trio(settings: Settings, sizes: tuple[int, ...]) -> str:
+def measure_trio(settings: Settings, sizes: tuple[int, ...], selection: Selection) -> str:
     import trio
 
     def run(coroutine: Coroutine[Any, Any, T], /) -> T:
@@ -676,6 +717,8 @@ def measure_trio(settings: Settings, sizes: tuple[int, ...]) -> str:
         if row.filtered:
             continue
         for n in sizes:
+            if selection and n not in selection.get(row.key, ()):
+                continue
             case = make_case(row, n, anyio.sleep)
             limit = limits[row.key] if n else EMPTY
             cell = measure_interleaved(
@@ -738,7 +781,22 @@ def main() -> None:
         help="time samples with the thread's CPU time (thread_time_ns), not perf_counter_ns: "
         "steadier on a machine where other processes compete for the CPUs",
     )
+    parser.add_argument(
+        "--rows",
+        action="append",
+        type=parse_rows,
+        metavar="ROW[:N,...]",
+        help="measure only this row (sync, filtered, async, suspending), at these N "
+        "(default: all of them); repeat for several rows, e.g. --rows async:0 "
+        "--rows suspending:10,100",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory section")
+    parser.add_argument(
+        "--no-growth",
+        action="store_true",
+        help="in the memory section, measure the peak per send only, not the growth over "
+        "many sends (which takes minutes)",
+    )
     parser.add_argument(
         "--chart",
         metavar="PATH",
@@ -746,6 +804,7 @@ def main() -> None:
         "before the suffix when several loops run); needs matplotlib",
     )
     args = parser.parse_args()
+    selection: Selection = dict(args.rows or ())
     use_cpu_clock(args.cpu_clock)
     if asignals is not None:
         # In the sender-filtered rows most receivers are, by design, never reached by a send;
@@ -798,11 +857,11 @@ def main() -> None:
     for loop in loops_available(wanted):
         with running(loop) as run:
             print(f"\n## {loop.name}\n")
-            results = measure_grid(run, settings, sleep)
+            results = measure_grid(run, settings, sleep, selection)
             print(grid_tables(results))
             print(f"Targets ({loop.name}):\n")
             print("\n".join(target_checks(results)))
-            if args.chart:
+            if args.chart and not selection:
                 from _charts import chart_path, grid_chart
 
                 path = chart_path(args.chart, loop.name, len(set(wanted) - {"trio"}) > 1)
@@ -822,13 +881,14 @@ def main() -> None:
             if not args.no_memory:
                 print(f"\n### Memory ({loop.name})\n")
                 print("\n".join(measure_peaks(run, sleep)))
-                print()
-                print("\n".join(measure_growth(run, growth_sends, sleep)))
+                if not args.no_growth:
+                    print()
+                    print("\n".join(measure_growth(run, growth_sends, sleep)))
         sys.stdout.flush()
 
     if "trio" in wanted and asignals is not None:
         print("\n## trio\n")
-        print(measure_trio(settings, (0, 1, 10)))
+        print(measure_trio(settings, (0, 1, 10), selection))
 
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
