@@ -256,14 +256,22 @@ class _Batch(_Shared):
 
     def settle(self, slot: int, fn: Any, entry: _Entry, task: asyncio.Task[Any]) -> None:
         """Take a finished task's outcome into its slot."""
-        later = self.later
         try:
-            later[slot] = (fn, task.result())
-        except asyncio.CancelledError:
-            later[slot] = (fn, None)
-        except Exception as error:
-            later[slot] = (fn, self.caught(entry, error))
+            self.later[slot] = (fn, task.result())
         except BaseException as error:
+            self.ended(slot, fn, entry, error)
+
+    def ended(self, slot: int, fn: Any, entry: _Entry, error: BaseException) -> None:
+        """A task of the batch raised ``error`` (or was cancelled): put it where it belongs.
+
+        Takes the error as raised by the one ``task.result()`` that read it: a second call
+        raises it with a traceback that starts afresh, without the receiver's own frames.
+        """
+        if isinstance(error, asyncio.CancelledError):
+            self.later[slot] = (fn, None)
+        elif isinstance(error, Exception):
+            self.later[slot] = (fn, self.caught(entry, error))
+        else:
             self.fail(error)
 
     def caught(self, entry: _Entry, error: Exception) -> Any:
@@ -283,11 +291,10 @@ class _Batch(_Shared):
         self.running -= 1
         try:
             task.result()  # its value stays in the task until collect() takes it
-        except BaseException:  # failed or cancelled: the cold path
-            later = self.later
-            for slot, pending in enumerate(later):
+        except BaseException as error:  # failed or cancelled: the cold path
+            for slot, pending in enumerate(self.later):
                 if len(pending) == 3 and pending[1] is task:
-                    self.settle(slot, pending[0], pending[2], task)
+                    self.ended(slot, pending[0], pending[2], error)
                     break
         if not self.running and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
