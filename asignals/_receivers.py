@@ -17,6 +17,8 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Final
 
+from ._reserved import GIVEN
+
 # Senders of these exact types match by value (``sender="orders"``), as in blinker; every other
 # sender matches by identity, as in Django. bool is left out so ``True`` never matches ``1``.
 VALUE_SENDER_TYPES: Final = (str, bytes, int)
@@ -101,7 +103,7 @@ def check_receiver(fn: Any, owner: object, names: frozenset[str] | None) -> None
             f"signal receiver {describe(fn)} must accept keyword arguments (**kwargs): "
             f"a send passes signal=, sender= and the send's own keyword arguments"
         )
-    passed: set[str] = {"signal", "sender", *(names or ())}
+    passed: set[str] = {*GIVEN, *(names or ())}
     for index, p in enumerate(params):
         if p.default is not inspect.Parameter.empty or p.kind in (
             inspect.Parameter.VAR_KEYWORD,

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Keywords with a meaning of their own in ``send(sender, **kwargs)``.
-RESERVED: Final = frozenset({"signal", "sender", "concurrent", "timeout", "max_concurrency"})
+#: The per-call dispatch options of ``send``/``send_robust``.
+OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
 
-__all__ = ["RESERVED"]
+#: What every receiver is given by keyword, whatever the send's own arguments.
+GIVEN: Final = frozenset({"signal", "sender"})
+
+#: Keywords with a meaning of their own in ``send(sender, **kwargs)``.
+RESERVED: Final = GIVEN | OPTIONS
+
+__all__ = ["GIVEN", "OPTIONS", "RESERVED"]

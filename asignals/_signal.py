@@ -45,7 +45,7 @@ from ._receivers import (
     receiver_mode,
     sender_key,
 )
-from ._reserved import RESERVED
+from ._reserved import OPTIONS, RESERVED
 
 logger = logging.getLogger("asignals")
 
@@ -87,7 +87,6 @@ the next send from anyone. Use it to say so explicitly, where a reader could tak
 
 _MISSING: Any = object()  # no sender given
 _DEFAULT: Any = object()  # dispatch option not given on this call: use the signal's
-_OPTIONS: Final = frozenset({"concurrent", "timeout", "max_concurrency"})
 # How send_robust marks its call to the one send loop: no keyword argument can spell it.
 _ROBUST: Final = "\x00robust"
 # The keywords that take a send off its fast path.
@@ -183,10 +182,10 @@ def _parse_call(
             f"{signal!r}.{method}() needs a sender: {method}(sender, **kwargs); "
             f"pass None to reach only the receivers connected for any sender"
         )
-    if _OPTIONS.isdisjoint(named):
+    if OPTIONS.isdisjoint(named):
         return sender, None
     if not options_allowed:
-        given = ", ".join(sorted(_OPTIONS.intersection(named)))
+        given = ", ".join(sorted(OPTIONS.intersection(named)))
         raise TypeError(
             f"{signal!r}.{method}() takes no dispatch options (got {given}); set them on the "
             f"signal: AsyncSignal(..., concurrent=, timeout=, max_concurrency=)"
