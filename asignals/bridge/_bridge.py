@@ -347,6 +347,9 @@ class Bridge:
                 await self.transport.open(self.stream)
         except (Unavailable, TimeoutError) as exc:
             return exc
+        except BaseException:
+            await self.transport.close()  # refused: start fails and leaves no connection open
+            raise
         return None
 
     async def stop(self) -> None:
