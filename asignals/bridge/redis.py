@@ -141,7 +141,7 @@ class RedisStreams:
         self.dead_letter_stream = self._dead_name or f"{stream}:dead"
         # EVALSHA, falling back to EVAL when Redis lost its script cache (after a restart).
         self._append = self.client.register_script(_APPEND_MANY)
-        await _call(self.client.ping())
+        await _call(self.client.ping())  # pyright: ignore[reportUnknownMemberType]
 
     async def close(self) -> None:
         """Close the client this transport created (a client passed in stays open)."""
