@@ -96,7 +96,8 @@ class Bridge:
         ``send`` returns once the broker stored the event (else it is queued; see :meth:`flush`).
     ``publish_timeout``
         the longest a send waits for the broker (unreachable, full queue): then
-        :class:`PublishError`. Unconfirmed events are dropped, logged, after the same time.
+        :class:`PublishError`. Unconfirmed events are dropped, logged, after the same time,
+        and :meth:`start` waits no longer for a broker that is away.
     ``max_pending``
         events queued at most; further sends wait for room (within ``publish_timeout``).
     ``stop_timeout``
@@ -326,7 +327,7 @@ class Bridge:
             if reading:
                 away = None  # the broker answered the reader: it is back
             elif away is None:
-                away = self._receiver.last_error or TimeoutError("no answer")
+                away = self._receiver.last_error or self._silent()
         for signal in self._registry.signals.values():
             self._hook(signal)
         if away is not None:
@@ -345,12 +346,17 @@ class Bridge:
         try:
             async with asyncio.timeout_at(deadline):
                 await self.transport.open(self.stream)
-        except (Unavailable, TimeoutError) as exc:
+        except Unavailable as exc:
             return exc
+        except TimeoutError:
+            return self._silent()
         except BaseException:
             await self.transport.close()  # refused: start fails and leaves no connection open
             raise
         return None
+
+    def _silent(self) -> TimeoutError:
+        return TimeoutError(f"no answer within publish_timeout={self._publish_timeout}s")
 
     async def stop(self) -> None:
         """Finish the event being delivered, stop reading, write what is queued, disconnect.
