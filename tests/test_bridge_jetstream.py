@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy
 from servers import NatsServer
-from waiting import eventually
+from waiting import eventually, until
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, JetStream, PublishError
@@ -145,13 +146,72 @@ async def test_names_jetstream_cannot_hold_are_refused_with_the_reason(
         await js.delete_stream(f"{stream}-other")
 
 
-async def test_start_waits_for_nats_then_fails_with_the_reason(free_port: int) -> None:
-    b = Bridge(JetStream(f"nats://127.0.0.1:{free_port}", connect_timeout=0.2),
-               stream="s", mode="publish", publish_timeout=0.5, **FAST)  # fmt: skip
-    started = time.monotonic()
-    with pytest.raises(PublishError, match="not reachable"):
-        await b.start()
-    assert time.monotonic() - started < 3
+async def test_with_nats_down_start_still_refuses_names_jetstream_cannot_hold(
+    free_port: int,
+) -> None:
+    """A bridge starts while NATS is away (see test_bridge_boot.py), but a name that can
+    never work fails its start at once, not after publish_timeout (here a minute)."""
+    url = f"nats://127.0.0.1:{free_port}"  # nothing listens there
+    async with asyncio.timeout(20):
+        with pytest.raises(ValueError, match=r"'shop\.events' cannot be a JetStream stream"):
+            await Bridge(JetStream(url), stream="shop.events", publish_timeout=60).start()
+        shared = Bridge(JetStream(url), stream="s", mode="shared", group="mail*",
+                        publish_timeout=60, **FAST)  # fmt: skip
+        with pytest.raises(RuntimeError, match="reader") as caught:
+            await shared.start()
+    assert "'mail*' cannot be a JetStream consumer (group) name" in str(caught.value.__cause__)
+    assert not shared.running
+
+
+async def test_a_stream_found_unfit_after_a_boot_with_nats_down_is_reported_and_retried(
+    free_port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Booted while NATS was away, bridges learn only when it is back that their stream (made
+    by an operator) does not capture their subject: sends fail naming it, the reader logs it
+    as an error and keeps trying, and once the operator deletes it both work."""
+    server = NatsServer(free_port, tmp_path)
+    server.start()
+    client = await nats.connect(server.url)
+    await client.jetstream().add_stream(name="events", subjects=["elsewhere"])
+    await client.close()
+    server.kill()  # the file store keeps the stream
+    here, worker = AsyncSignal(name="t"), AsyncSignal(name="t")
+    handled: list[int] = []
+    worker.connect(lambda sender, n, **kw: handled.append(n), weak=False)
+    reader = Bridge(JetStream(server.url), stream="events", signals=[worker], mode="shared",
+                    group="g", publish_timeout=0.5, **FAST)  # fmt: skip
+    # A refusal fails a send at once: a long publish_timeout shows it is not a time-out.
+    writer = bridge(server.url, "events", here, mode="publish", publish_timeout=10, **FAST)
+    try:
+        await reader.start()
+        await writer.start()
+        with caplog.at_level(logging.ERROR, logger="asignals.bridge"):
+            server.start()
+            with pytest.raises(ExceptionGroup) as caught:
+                await here.send(None, n=-1)
+            assert caught.group_contains(PublishError, match="does not capture subject")
+            await eventually(
+                lambda: any(
+                    r.message.startswith("reading 'events' failed")
+                    and "does not capture subject" in r.message
+                    for r in caplog.records
+                ),
+            )
+        client = await nats.connect(server.url)
+        await client.jetstream().delete_stream("events")
+        await client.close()
+        numbers = iter(range(1000))
+
+        async def one_handled() -> bool:
+            await here.send(None, n=next(numbers))
+            return bool(handled)
+
+        await until(one_handled, timeout=15)
+    finally:
+        await writer.stop()
+        await reader.stop()
+        server.kill()
+    assert -1 not in handled
 
 
 async def test_bridges_carry_on_when_a_restarted_server_lost_every_stream(

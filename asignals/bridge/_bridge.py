@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Literal, TypeVar, cast
@@ -97,7 +96,8 @@ class Bridge:
         ``send`` returns once the broker stored the event (else it is queued; see :meth:`flush`).
     ``publish_timeout``
         the longest a send waits for the broker (unreachable, full queue): then
-        :class:`PublishError`. Unconfirmed events are dropped, logged, after the same time.
+        :class:`PublishError`. Unconfirmed events are dropped, logged, after the same time,
+        and :meth:`start` waits no longer for a broker that is away.
     ``max_pending``
         events queued at most; further sends wait for room (within ``publish_timeout``).
     ``stop_timeout``
@@ -279,13 +279,19 @@ class Bridge:
         """Start publishing and reading; returns once the reader has found its position.
 
         Events sent by other processes after ``start`` returns reach this process (broadcast)
-        or this service (shared). If the broker is down, the reader keeps retrying with backoff
-        and ``start`` returns after ``publish_timeout``, so an application can boot while the
-        broker is restarting.
+        or this service (shared). If the broker is down, ``start`` logs a warning and returns
+        after at most ``publish_timeout``, so an application can boot while the broker is
+        restarting: sends fail with :class:`PublishError` after ``publish_timeout`` until it
+        is back, and the publisher and the reader keep retrying with backoff, connecting by
+        themselves once it answers (broadcast: the events sent from then on; shared: the
+        group's). A configuration the broker can never take (a stream name it cannot hold,
+        an existing stream that does not fit) raises at once.
         """
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        await self._open()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_timeout
+        away = await self._open(deadline)
         self._publisher = Publisher(
             self.transport,
             self.stream,
@@ -314,25 +320,43 @@ class Bridge:
                 write_timeout=self._publish_timeout,
             )
             try:
-                await self._receiver.start(self._publish_timeout)
+                reading = await self._receiver.start(max(0.0, deadline - loop.time()))
             except RuntimeError as exc:
                 await self.stop()
                 raise RuntimeError(f"the reader of {self!r} died") from exc.__cause__
+            if reading:
+                away = None  # the broker answered the reader: it is back
+            elif away is None:
+                away = self._receiver.last_error or self._silent()
         for signal in self._registry.signals.values():
             self._hook(signal)
+        if away is not None:
+            logger.warning(
+                "the broker of %r is unreachable (%r); started anyway, the bridge keeps "
+                "retrying in the background (sends fail with PublishError after "
+                "publish_timeout=%ss until it answers)",
+                self,
+                away,
+                self._publish_timeout,
+            )
 
-    async def _open(self) -> None:
-        backoff = Backoff(*self._reconnect_backoff)
-        deadline = time.monotonic() + self._publish_timeout
-        while True:
-            try:
+    async def _open(self, deadline: float) -> Exception | None:
+        """Open the transport within ``deadline`` (loop time): why it could not reach the
+        broker, or ``None``. Refusals other than :class:`Unavailable` propagate."""
+        try:
+            async with asyncio.timeout_at(deadline):
                 await self.transport.open(self.stream)
-                return
-            except Unavailable as exc:
-                await self.transport.close()
-                if time.monotonic() >= deadline:
-                    raise PublishError(f"cannot reach the broker of {self!r}: {exc}") from exc
-                await backoff.sleep()
+        except Unavailable as exc:
+            return exc
+        except TimeoutError:
+            return self._silent()
+        except BaseException:
+            await self.transport.close()  # refused: start fails and leaves no connection open
+            raise
+        return None
+
+    def _silent(self) -> TimeoutError:
+        return TimeoutError(f"no answer within publish_timeout={self._publish_timeout}s")
 
     async def stop(self) -> None:
         """Finish the event being delivered, stop reading, write what is queued, disconnect.

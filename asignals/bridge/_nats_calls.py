@@ -28,6 +28,7 @@ import it when called): importing this module never fails, and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -105,7 +106,13 @@ async def connect(servers: str, **options: Any) -> Client:
 
     client = Client()
     client._ps = _parser_class()(client)  # before any byte is read: no state to carry over
-    await cast(_Nats, client).connect(servers, **options)
+    try:
+        await cast(_Nats, client).connect(servers, **options)
+    except BaseException:
+        # Failed or cancelled in the handshake, it may still hold a socket: let it go.
+        with contextlib.suppress(Exception):
+            await client.close()
+        raise
     return client
 
 

@@ -33,8 +33,9 @@ class PublishError(RuntimeError):
     or the bridge is not running (or stopped before the event was stored). A confirmed send
     (``confirm=True``) of a bridged signal gets it after its local receivers ran: in the
     send's ``ExceptionGroup`` (``except* PublishError``), or in its slot of ``send_robust``'s
-    results. ``publish_encoded`` (an outbox relay's publish) raises it too, and so does
-    ``start()`` when the transport cannot connect within ``publish_timeout``.
+    results. ``publish_encoded`` (an outbox relay's publish) raises it too. ``start()`` does
+    not: a bridge started while its broker is away runs, and its sends fail with this error
+    until the broker answers.
     """
 
 

@@ -105,18 +105,23 @@ class Receiver:
         self._reader: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._fetching = False
+        self._waiting = False  # on the broker (not delivering): stop may cancel the reader
         self._stopping = False
+        self._started = False  # start returned: from then on a refused subscribe is retried
+        self.last_error: Exception | None = None
+        """Why reading fails now (``None`` while it works): what ``start`` reports."""
         self._running: set[Delivery] = set()  # fetched and not settled (shared mode)
         self._trails: collections.OrderedDict[str, _Trail] = collections.OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, timeout: float) -> None:
-        """Start reading; return once subscribed, or after ``timeout`` (the broker is away
-        and the reader keeps retrying). ``RuntimeError`` if the reader died."""
-        self._stopping = False
+    async def start(self, timeout: float) -> bool:
+        """Start reading; return once subscribed (``True``), or after ``timeout`` (``False``:
+        the broker is away, see :attr:`last_error`, and the reader keeps retrying).
+        ``RuntimeError`` if the reader died."""
+        self._stopping = self._started = False
         self._ready.clear()
+        self.last_error = None
         reader = self._reader = asyncio.create_task(
             self._read_loop(), name=f"asignals.bridge read {self._stream}"
         )
@@ -127,10 +132,12 @@ class Receiver:
             error = reader.exception()
             await self.stop()
             raise RuntimeError(f"the reader of stream {self._stream!r} died") from error
+        self._started = True
         if self._shared:
             self._heartbeat = asyncio.create_task(
                 self._extend_loop(), name=f"asignals.bridge claims {self._stream}"
             )
+        return self._ready.is_set()
 
     async def stop(self) -> None:
         """Let the event being delivered finish (at most ``stop_timeout``), stop reading, and
@@ -138,7 +145,7 @@ class Receiver:
         self._stopping = True
         reader, self._reader = self._reader, None
         if reader is not None:
-            if not self._fetching:
+            if not self._waiting:
                 await asyncio.wait({reader}, timeout=self._stop_timeout)
             while not reader.done():
                 # A client can swallow a cancel that lands before its command starts, which
@@ -166,13 +173,7 @@ class Receiver:
         while not self._stopping:
             try:
                 if self._subscription is None:
-                    self._subscription = await self._transport.subscribe(
-                        mode="shared" if shared else "broadcast",
-                        group=self._group,
-                        consumer=self._consumer,
-                        claim_idle=self._claim_idle,
-                        max_attempts=self._max_attempts,
-                    )
+                    self._subscription = await self._subscribe()
                     self._ready.set()
                 # Shared mode takes one event at a time: what is fetched is being worked on,
                 # so no other worker waits behind this one's queue.
@@ -182,16 +183,24 @@ class Receiver:
             except Exception as exc:
                 if self._stopping:
                     return
-                if self._subscription is None and not isinstance(exc, Unavailable):
+                unavailable = isinstance(exc, Unavailable)
+                if self._subscription is None and not unavailable and not self._started:
                     raise  # the transport refused the options (a bad group name): start fails
-                if not backoff.failing:
-                    level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
-                    logger.log(level, "reading %r failed, retrying: %r", self._stream, exc)
-                await backoff.sleep()
+                # Once per outage, and again when it turns from "away" to "refused" (a broker
+                # back with a stream that cannot work) or back.
+                if not backoff.failing or unavailable != isinstance(self.last_error, Unavailable):
+                    self._log_failure(exc)
+                self.last_error = exc
+                self._waiting = True
+                try:
+                    await backoff.sleep()
+                finally:
+                    self._waiting = False
                 continue
             if backoff.failing:
                 logger.info("reading %r again", self._stream)
                 backoff.reset()
+                self.last_error = None
             for index, delivery in enumerate(deliveries):
                 if self._stopping:
                     if shared:
@@ -199,15 +208,36 @@ class Receiver:
                     return
                 await self._handle(delivery)
 
+    def _log_failure(self, exc: Exception) -> None:
+        if not isinstance(exc, Unavailable):
+            logger.error("reading %r failed, retrying: %r", self._stream, exc)
+        elif self._ready.is_set():
+            logger.warning("reading %r failed, retrying: %r", self._stream, exc)
+        else:  # never subscribed: the bridge's start reports the broker it cannot reach
+            logger.debug("subscribing to %r failed, retrying: %r", self._stream, exc)
+
+    async def _subscribe(self) -> Subscription:
+        self._waiting = True  # a subscribe may wait long for a broker that is away
+        try:
+            return await self._transport.subscribe(
+                mode="shared" if self._shared else "broadcast",
+                group=self._group,
+                consumer=self._consumer,
+                claim_idle=self._claim_idle,
+                max_attempts=self._max_attempts,
+            )
+        finally:
+            self._waiting = False
+
     async def _fetch(self, subscription: Subscription, count: int) -> Sequence[Delivery]:
-        """Await a fetch; only here may :meth:`stop` cancel the reader at once."""
+        """Await a fetch; only while waiting on the broker may :meth:`stop` cancel at once."""
         if self._stopping:
             return ()
-        self._fetching = True
+        self._waiting = True
         try:
             return await subscription.fetch(count)
         finally:
-            self._fetching = False
+            self._waiting = False
 
     async def _extend_loop(self) -> None:
         """Keep the claims of the events being run alive, so no healthy worker loses one."""

@@ -5,9 +5,14 @@ modes' meaning, retry policy, dead-letter provenance or timeouts: all of that li
 Bridge, once, so every transport behaves the same. What a transport provides is small:
 
 Lifecycle (one transport instance per Bridge)
-    ``await open(stream)`` connects and binds the instance to one stream name; the Bridge calls
-    it once per ``start()`` and retries with backoff while it raises :class:`Unavailable`.
-    ``await close()`` releases everything (idempotent; called after a failed ``open`` too).
+    ``await open(stream)`` binds the instance to one stream name, refuses what can never work
+    (a name the broker cannot hold, an existing stream that does not fit: ``ValueError``) and
+    tries the server once: :class:`Unavailable` if it cannot be reached. The Bridge calls it
+    once per ``start()``, within ``publish_timeout``, and starts anyway on ``Unavailable``
+    (or when ``open`` runs out of that time): the instance must stay usable, every other call
+    connecting by itself and raising :class:`Unavailable` while it cannot, so the Bridge's
+    publisher and reader retries connect it once the broker is back.
+    ``await close()`` releases everything (idempotent).
 
 Publishing
     ``await publish(messages)`` appends a batch and returns only once the server confirmed
@@ -143,10 +148,10 @@ class Transport(Protocol):
     """What a broker must do for the Bridge; see the module docstring for the contract."""
 
     async def open(self, stream: str) -> None:
-        """Connect and bind to ``stream``; :class:`Unavailable` while the server is away."""
+        """Bind to ``stream`` and try the server; :class:`Unavailable` while it is away."""
 
     async def close(self) -> None:
-        """Release connections and tasks; safe to call twice or after a failed :meth:`open`."""
+        """Release connections and tasks; safe to call twice or without a connection."""
 
     async def publish(self, messages: Sequence[bytes]) -> None:
         """Append ``messages`` in order; return once the broker confirmed all of them."""

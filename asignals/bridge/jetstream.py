@@ -17,8 +17,10 @@ How the bridge's ideas map onto JetStream:
 - Publishing waits for JetStream's acknowledgement of every message (stored in the stream).
   As on Redis, a batch retried after a lost reply can store a message twice: delivery is at
   least once, and :class:`~asignals.bridge.Deduplicator` drops repeats on the consumer side.
-- nats-py reconnects by itself, forever; while it is away the calls raise ``Unavailable`` and
-  the bridge backs off and retries as it does on Redis.
+- A bridge starts while NATS is away: every call connects if no connection was made yet
+  (one attempt at a time), and raises ``Unavailable`` while it cannot. Once connected,
+  nats-py reconnects by itself, forever; while it is away the calls raise ``Unavailable``
+  and the bridge backs off and retries as it does on Redis.
 """
 
 from __future__ import annotations
@@ -206,6 +208,7 @@ class JetStream:
         """
         self._stream_ready = False
         self._dead_ready = False
+        self._connecting: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"JetStream({self.url!r})"
@@ -213,18 +216,47 @@ class JetStream:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self, stream: str) -> None:
-        """Connect (``Unavailable`` while NATS is away) and make sure the stream exists."""
+        """Bind to ``stream``, connect and make sure the stream exists.
+
+        ``ValueError`` for a stream JetStream cannot hold or one that does not capture its
+        subject; ``Unavailable`` while NATS is away, after which every call connects again.
+        """
         _check_name("stream", stream)
         self.stream = stream
         self.dead_letter_stream = self._dead_name or f"{stream}:dead"
-        if self._client is None:
-            self._client = await self._connect()
-            self._js = _nats_calls.jetstream(self._client, timeout=self._request_timeout)
-            self._acks = self._client.new_inbox()
-            await _nats_calls.listen(self._client, f"{self._acks}.*", self._on_ack)
         await self._ensure_stream()
 
-    async def _connect(self) -> Client:
+    async def _connected(self) -> JetStreamContext:
+        """The JetStream context, connecting first if no connection was made yet.
+
+        One attempt at a time, shared by every caller (publisher, reader, dead letters) and
+        shielded: a caller cancelled by its own deadline leaves the attempt to the others, so
+        no half-made connection is left behind.
+        """
+        if self._js is None:
+            attempt = self._connecting
+            if attempt is None or attempt.done():
+                attempt = self._connecting = asyncio.create_task(self._connect())
+                # Retrieved here: every waiter may have been cancelled before it ended.
+                attempt.add_done_callback(lambda t: t.cancelled() or t.exception())
+            await asyncio.shield(attempt)
+        return self._context()
+
+    async def _connect(self) -> None:
+        client = await self._dial()
+        acks = client.new_inbox()
+        try:
+            await _nats_calls.listen(client, f"{acks}.*", self._on_ack)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await client.close()
+            if isinstance(exc, _TRANSIENT):
+                raise Unavailable(f"NATS at {self.url} went away: {exc}") from exc
+            raise
+        self._client, self._acks = client, acks
+        self._js = _nats_calls.jetstream(client, timeout=self._request_timeout)
+
+    async def _dial(self) -> Client:
         async def on_error(exc: Exception) -> None:
             logger.debug("NATS %s: %s", self.url, exc)
 
@@ -234,8 +266,9 @@ class JetStream:
                 batch.fail(lost)
 
         try:
-            # One try (and one retry) here: the bridge owns the backoff of a failed start. Once
-            # connected, nats-py reconnects forever by itself (set below).
+            # One try (and one retry) per attempt: the bridge's publisher and reader own the
+            # backoff between attempts. Once connected, nats-py reconnects forever by itself
+            # (set below).
             client = await _nats_calls.connect(
                 self.url,
                 name="asignals bridge",
@@ -253,6 +286,10 @@ class JetStream:
 
     async def close(self) -> None:
         """Close the connection after writing what is buffered (acks included)."""
+        attempt, self._connecting = self._connecting, None
+        if attempt is not None and not attempt.done():
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
         client, self._client, self._js = self._client, None, None
         self._stream_ready = self._dead_ready = False
         if client is not None and not client.is_closed:
@@ -264,13 +301,13 @@ class JetStream:
     def _context(self) -> JetStreamContext:
         client, js = self._client, self._js
         if client is None or js is None:
-            raise Unavailable("the JetStream transport is not open")
+            raise Unavailable(f"NATS at {self.url} is not connected yet")
         if not client.is_connected:
             raise Unavailable(f"NATS at {self.url} is disconnected (reconnecting)")
         return js
 
     async def _ensure(self, name: str, max_msgs: int, limits: Mapping[str, Any]) -> None:
-        js = self._context()
+        js = await self._connected()
         try:
             try:
                 info = await js.stream_info(name)
@@ -370,11 +407,11 @@ class JetStream:
         max_attempts: int,
     ) -> Subscription:
         """An ordered ephemeral consumer (broadcast) or the group's durable consumer (shared)."""
-        await self._ensure_stream()
-        if mode == "shared":
+        if mode == "shared":  # before connecting: a bad name fails start even with NATS away
             if not group:
                 raise ValueError("shared mode needs a group")
             _check_name("consumer (group)", group)
+        await self._ensure_stream()
         subscription = _Subscription(self, mode, group, claim_idle, max_attempts)
         await subscription.start()
         return subscription

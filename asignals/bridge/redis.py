@@ -129,8 +129,11 @@ class RedisStreams:
         return self._client
 
     async def open(self, stream: str) -> None:
-        """Create the client (for a URL) and bind to ``stream``; connects lazily."""
-        if self._url is not None:
+        """Create the client (for a URL), bind to ``stream`` and check that Redis answers.
+
+        ``Unavailable`` while it does not; the client connects again on every later command.
+        """
+        if self._url is not None and self._client is None:
             self._client = Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
                 self._url, socket_connect_timeout=5.0, socket_keepalive=True
             )
@@ -138,6 +141,7 @@ class RedisStreams:
         self.dead_letter_stream = self._dead_name or f"{stream}:dead"
         # EVALSHA, falling back to EVAL when Redis lost its script cache (after a restart).
         self._append = self.client.register_script(_APPEND_MANY)
+        await _call(self.client.ping())  # pyright: ignore[reportUnknownMemberType]
 
     async def close(self) -> None:
         """Close the client this transport created (a client passed in stays open)."""
