@@ -6,7 +6,6 @@ trace tree (parents, attributes, status, exception events) and the data points.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import subprocess
@@ -38,6 +37,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from waiting import Child
 
 import asignals
 from asignals import AsyncSignal, background
@@ -817,46 +817,6 @@ def test_the_tracing_example_prints_one_trace_per_request() -> None:
 WORKER = Path(__file__).with_name("otel_worker.py")
 
 
-class Worker:
-    """``tests/otel_worker.py`` in a subprocess, and the JSON lines it prints."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, *args: str) -> Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(WORKER),
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        worker = cls(proc)
-        assert await worker.line() == "ready"
-        return worker
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), 20)
-        assert raw, f"the worker exited with {await self.proc.wait()}"
-        return raw.decode().strip()
-
-    async def handled(self, count: int) -> list[dict[str, Any]]:
-        return [json.loads(await self.line()) for _ in range(count)]
-
-    async def finish(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        report: dict[str, Any] = json.loads(await self.line())
-        await asyncio.wait_for(self.proc.wait(), 20)
-        return report
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
 def hex_ids(span: ReadableSpan) -> tuple[str, str]:
     assert span.context is not None
     return f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
@@ -869,8 +829,9 @@ async def test_one_trace_from_the_request_to_the_receiver_in_another_process(
 ) -> None:
     stream = f"asignals-otel-test:{uuid.uuid4().hex}"
     order_placed = AsyncSignal(name="order_placed")
-    worker = await Worker.start(redis_url, stream, "shipping")
+    worker = Child(sys.executable, str(WORKER), redis_url, stream, "shipping")
     try:
+        await worker.expect("the worker starting its bridge", "ready")
         telemetry.instrument()
         bridge = Bridge(
             RedisStreams(redis_url), stream=stream, mode="publish", signals=[order_placed]
@@ -904,8 +865,13 @@ async def test_one_trace_from_the_request_to_the_receiver_in_another_process(
                 "baggage": "=;=;" * 1000,
             }
             await bridge.publish_encoded(json.dumps(body).encode())
-            handled = await worker.handled(4)  # order 2 twice: it fails, and is retried once
-        report = await worker.finish()
+            # Order 2 twice: it fails, and is retried once.
+            handled = [
+                json.loads(await worker.expect(f"delivery {i} of orders 1, 2, 2, 3", '{"order"'))
+                for i in range(1, 5)
+            ]
+        await worker.stop("the worker stopping its bridge once its stdin closed")
+        report = json.loads(await worker.expect("the worker's report of its spans", '{"spans"'))
     finally:
         worker.kill()
         async with Redis.from_url(redis_url) as redis:
