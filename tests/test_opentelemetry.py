@@ -898,7 +898,11 @@ async def test_one_trace_from_the_request_to_the_receiver_in_another_process(
     [local] = [s for s in remote if s["parent_id"] == first["span_id"]]
     assert local["name"] == "send order_placed" and local["trace_id"] == trace_1
     assert local["attributes"]["asignals.sender"] == "shop"
-    [receiver] = [s for s in remote if s["parent_id"] == local["span_id"]]
+    # Receivers get spans when slow (min_receiver_ms): ship always is; on a loaded machine the
+    # bridge's own hook on the signal (a no-op for a delivered event) can take 1 ms and have one.
+    [receiver] = [
+        s for s in remote if s["parent_id"] == local["span_id"] and s["name"].endswith(".ship")
+    ]
     assert receiver["name"].endswith(".ship") and receiver["status"] == "UNSET"
 
     # The failing order: two attempts in the trace of the second request, both in error.
