@@ -13,26 +13,43 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+async def eventually(
+    check: Callable[[], bool],
+    timeout: float = 5.0,
+    *,
+    step: str = "the condition",
+    children: Iterable[Child] = (),
+) -> None:
+    """Wait until ``check()``; the failure names ``step`` and shows ``children``'s output."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(_not_met(step, timeout, children))
         await asyncio.sleep(0.01)
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
+async def until(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 5.0,
+    *,
+    step: str = "the condition",
+    children: Iterable[Child] = (),
+) -> None:
     """Like :func:`eventually`, for conditions that need a round trip to the server."""
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(_not_met(step, timeout, children))
         await asyncio.sleep(0.02)
+
+
+def _not_met(step: str, timeout: float, children: Iterable[Child]) -> str:
+    return "\n".join([f"{step}: not met after {timeout:.0f}s", *map(str, children)])
 
 
 #: How long a child gets for one step. Generous: CI runs three suites at once on two cores,
