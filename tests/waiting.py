@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 
 async def eventually(
     check: Callable[[], bool],
@@ -114,6 +116,24 @@ class Child:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{step}: nothing after {timeout:.0f}s; {self}")
             await asyncio.sleep(0.01)
+
+    async def serving(
+        self, url: str, step: str = "the server answering", timeout: float = STEP_TIMEOUT
+    ) -> None:
+        """Wait until ``url`` answers an HTTP GET (whatever the status)."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"{step}: the child exited first; {self}")
+                try:
+                    await client.get(url)
+                    return
+                except httpx.TransportError as exc:
+                    if time.monotonic() > deadline:
+                        message = f"{step}: nothing after {timeout:.0f}s ({exc!r}); {self}"
+                        raise AssertionError(message) from None
+                await asyncio.sleep(0.05)
 
     async def exited(self, step: str, timeout: float = STEP_TIMEOUT) -> int:
         """Wait for the child to exit; its exit status. Fails (and kills it) after ``timeout``."""
