@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +36,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from waiting import Child
+from waiting import Child, run
 
 import asignals
 from asignals import AsyncSignal, background
@@ -797,9 +796,7 @@ async def test_request_span_is_the_parent_of_its_sends_flush_signals_and_backgro
 
 def test_the_tracing_example_prints_one_trace_per_request() -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "tracing.py"
-    done = subprocess.run(
-        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=True
-    )
+    done = run(sys.executable, str(example), step="examples/tracing.py")
     out = done.stdout
     assert "POST /orders widget x2 -> 201" in out
     assert "POST /orders gadget x5 -> 409" in out
@@ -1009,11 +1006,5 @@ print([s.name for s in exporter.get_finished_spans()], sends)
 
 
 def test_the_global_providers_set_after_instrument_are_used() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", GLOBAL_PROVIDERS],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run(sys.executable, "-c", GLOBAL_PROVIDERS, step="a script setting the providers late")
     assert done.stdout.strip() == "['send paid'] [1]"

@@ -177,3 +177,37 @@ class Child:
             f"{name} (pid {self.proc.pid}) {state}; its last stdout lines:\n{shown}\n"
             f"its stderr:\n{self.stderr()[-6000:]}"
         )
+
+
+def run(
+    *command: str,
+    step: str,
+    timeout: float = 2 * STEP_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a child to its successful end; one that fails or hangs fails the test with its
+    output and names ``step``."""
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out, err = (_text(part) for part in (exc.stdout, exc.stderr))
+        message = f"{step}: still running after {timeout:.0f}s (killed)"
+        raise AssertionError(f"{message}\n--- stdout\n{out}\n--- stderr\n{err}") from None
+    if done.returncode != 0:
+        message = f"{step}: exited with {done.returncode}"
+        raise AssertionError(f"{message}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}")
+    return done
+
+
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
