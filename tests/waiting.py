@@ -7,6 +7,7 @@ for and, when it fails, says what the child printed (stdout and stderr) and whet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -91,8 +92,9 @@ class Child:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+        with self.proc.stdout:
+            for raw in self.proc.stdout:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
         self._ended.set()
 
     async def expect(
@@ -146,13 +148,12 @@ class Child:
             await asyncio.sleep(0.02)
         # Whatever it printed last is in self.lines once the reader saw the end of stdout.
         await asyncio.to_thread(self._ended.wait, 5.0)
+        self._close_stdin()
         return self.proc.returncode
 
     async def stop(self, step: str = "a clean stop", timeout: float = STEP_TIMEOUT) -> int:
         """Close stdin (the cue to stop) and wait for the exit (see :meth:`exited`)."""
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
+        self._close_stdin()
         return await self.exited(step, timeout)
 
     def signal(self, number: int) -> None:
@@ -163,10 +164,17 @@ class Child:
         if self.proc.poll() is None:
             self.signal(signal.SIGKILL)
         self.proc.wait()
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it exited with unread input
+            self.proc.stdin.close()
 
     def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        # pread: the child writes through the same open file, so the offset must not move.
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def __str__(self) -> str:
         code = self.proc.poll()
