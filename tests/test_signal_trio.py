@@ -425,17 +425,23 @@ async def test_context_variables_around_a_suspension_in_a_scope() -> None:
 async def test_results_stay_in_connection_order_whatever_finishes_first() -> None:
     sig = AsyncSignal()
     finished: list[int] = []
+    # 3, 5 and 1 finish in that order, each letting the next one go (the reverse of their
+    # connection order, whatever the machine's load; timers would race once it stalls).
+    go = {i: trio.Event() for i in (3, 5, 1)}
+    then = {3: 5, 5: 1}
 
-    def make(i: int, delay: float, scoped: bool) -> Any:
+    def make(i: int, waits: bool, scoped: bool) -> Any:
         async def r(sender: Any, **kw: Any) -> int:
-            if not delay:
+            if not waits:
                 return i
             if scoped:
                 with trio.move_on_after(60):
-                    await trio.sleep(delay)
+                    await go[i].wait()
             else:
-                await trio.sleep(delay)
+                await go[i].wait()
             finished.append(i)
+            if i in then:
+                go[then[i]].set()
             return i
 
         return r
@@ -444,15 +450,16 @@ async def test_results_stay_in_connection_order_whatever_finishes_first() -> Non
         return "sync"
 
     receivers = [
-        make(0, 0, False),
-        make(1, 0.04, True),
+        make(0, False, False),
+        make(1, True, True),
         sync,
-        make(3, 0.01, False),
-        make(4, 0, False),
-        make(5, 0.02, True),
+        make(3, True, False),
+        make(4, False, False),
+        make(5, True, True),
     ]
     connect_all(sig, *receivers)
-    with trio.fail_after(5):
+    go[3].set()
+    with trio.fail_after(30):  # receivers run one after the other would never finish
         results = await sig.send(None)
     assert [r for _, r in results] == [0, 1, "sync", 3, 4, 5]
     assert [fn for fn, _ in results] == receivers
