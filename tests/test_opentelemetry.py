@@ -290,11 +290,16 @@ async def test_sync_receivers_behave_as_without_instrumentation(
 
 async def test_async_receivers_still_run_concurrently(telemetry: Telemetry) -> None:
     events: list[str] = []
+    both_started = anyio.Event()
 
     def make(name: str) -> Any:
         async def receiver(**kwargs: Any) -> str:
             events.append(f"{name} started")
-            await anyio.sleep(0.02)
+            if len(events) == 2:
+                both_started.set()
+            # Each waits for the other to start: run one after the other, they never finish
+            # (a sleep instead would race the other's start on a loaded machine).
+            await both_started.wait()
             events.append(f"{name} done")
             return name
 
@@ -303,7 +308,8 @@ async def test_async_receivers_still_run_concurrently(telemetry: Telemetry) -> N
     first, second = make("first"), make("second")
     sig = signal_with("s", [first, second])
     telemetry.instrument(receivers="all")
-    assert await sig.send(None) == [(first, "first"), (second, "second")]
+    with anyio.fail_after(30):
+        assert await sig.send(None) == [(first, "first"), (second, "second")]
     assert events[:2] == ["first started", "second started"]
     send = telemetry.span("send s")
     [a, b] = sorted(telemetry.children(send), key=lambda s: s.start_time or 0)
