@@ -124,7 +124,9 @@ class Child:
     ) -> None:
         """Wait until ``url`` answers an HTTP GET (whatever the status)."""
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=2) as client:
+        # Refused connections are retried at once; a loaded server gets 20 s to answer (a 1 s
+        # read timeout, retried, can miss a server that is up but slow forever).
+        async with httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=2.0)) as client:
             while True:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"{step}: the child exited first; {self}")
