@@ -48,22 +48,27 @@ async def test_receivers_get_signal_sender_and_kwargs() -> None:
 async def test_results_keep_connection_order_whatever_finishes_first() -> None:
     sig = AsyncSignal()
     order: list[str] = []
+    # slow waits for suspends to finish: only concurrent receivers can finish that way (a
+    # 50 ms sleep instead raced suspends once a loaded machine stalled the loop that long).
+    suspended = anyio.Event()
 
     async def slow(sender: Any, **kw: Any) -> str:
-        await anyio.sleep(0.05)
+        await suspended.wait()
         order.append("slow")
         return "slow"
 
     async def suspends(sender: Any, **kw: Any) -> str:
         await anyio.sleep(0)
         order.append("suspends")
+        suspended.set()
         return "suspends"
 
     sig.connect(slow)
     sig.connect(sync_receiver)
     sig.connect(suspends)
     sig.connect(async_receiver)
-    results = await sig.send(None)
+    with anyio.fail_after(30):
+        results = await sig.send(None)
     assert results == [
         (slow, "slow"),
         (sync_receiver, "sync"),
