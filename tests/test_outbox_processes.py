@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -25,6 +22,7 @@ from typing import Any
 import pytest
 from outbox_worker import Shop, create_tables, make, order_placed
 from redis.asyncio import Redis
+from servers import RedisServer
 from sqlalchemy import func, text
 from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -197,30 +195,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"redis-server did not start on port {port}")
+def _start_redis(port: int, directory: Path) -> RedisServer:
+    """An empty Redis on ``port`` (each start gets a directory of its own: nothing survives)."""
+    directory.mkdir()
+    server = RedisServer(port, directory)
+    server.start()
+    return server
 
 
 async def _place(s: Setup, maker: Any, customer: str) -> None:
@@ -232,10 +212,12 @@ async def _place(s: Setup, maker: Any, customer: str) -> None:
         await session.commit()
 
 
-async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: str) -> None:
+async def test_a_broker_outage_holds_rows_and_the_relay_resumes(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    server = _start_redis(port)
+    server = _start_redis(port, tmp_path / "before")
     s = await make_setup(postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1), url)
     s.shop = make(url, s.stream, s.prefix, publish_timeout=0.5, reconnect_backoff=(0.02, 0.2))
     maker = async_sessionmaker(s.engine, expire_on_commit=False)
@@ -244,13 +226,12 @@ async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: st
         async with s.shop.bridge, s.shop.outbox.relay(s.engine, backoff=(0.05, 0.3)):
             await _place(s, maker, "before")
             await wait_events(url, s.stream, 2)
-            os.kill(server.pid, signal.SIGKILL)
-            server.wait(10)
+            server.kill()
             for i in range(3):
                 await _place(s, maker, f"during{i}")
             await asyncio.sleep(1.0)  # the relay keeps failing to publish them
             assert await s.rows() == 6  # held in the table, committed
-            server = _start_redis(port)  # an empty server: the first events went with the old
+            server = _start_redis(port, tmp_path / "after")  # empty: the first events are gone
             found = await wait_events(url, s.stream, 6)
             await wait_empty(s)
         assert await s.rows() == 0
@@ -262,7 +243,6 @@ async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: st
         uninstall(maker)
         await tear_down(s)
         server.kill()
-        server.wait(10)
 
 
 # -- two relays on one table -------------------------------------------------------------------
