@@ -60,10 +60,12 @@ class RedisServer(PrivateServer):
         return [binary, "--port", str(self.port), *options, "--dir", str(self.dir)]
 
     def _answers(self) -> bool:
+        # Ours, not whatever took the port while the server was down (it then fails to bind).
         probe = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+            ["redis-cli", "-p", str(self.port), "info", "server"], capture_output=True, text=True
         )
-        return probe.stdout.strip() == "PONG"
+        assert self.proc is not None
+        return f"process_id:{self.proc.pid}" in probe.stdout
 
 
 class NatsServer(PrivateServer):

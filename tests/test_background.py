@@ -27,14 +27,18 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 class Recorder:
     """A strongly connected async receiver that records what it saw, optionally slowly."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, held: anyio.Event | None = None) -> None:
         self.delay = delay
+        self.held = held  # set: each call waits until it is set, instead of the delay
         self.seen: list[tuple[Any, dict[str, Any], str]] = []
         self.cancelled = 0
 
     async def __call__(self, sender: Any, **kwargs: Any) -> str:
         try:
-            await anyio.sleep(self.delay)
+            if self.held is not None:
+                await self.held.wait()
+            else:
+                await anyio.sleep(self.delay)
         except anyio.get_cancelled_exc_class():
             self.cancelled += 1
             raise
@@ -339,7 +343,10 @@ async def test_a_task_outliving_its_background_send_is_refused_during_the_drain(
 
 
 async def test_send_nowait_from_an_anyio_worker_thread_runs_on_the_loop() -> None:
-    rec = Recorder(delay=0.05)
+    # Held, not slow: a 50 ms delivery could be over before the next thread call on a loaded
+    # machine, and then there was no backlog to refuse.
+    held = anyio.Event()
+    rec = Recorder(held=held)
     sig = make_signal(rec)
     request_id.set("from-thread")
     with pytest.raises(RuntimeError, match=r"async with asignals\.dispatcher\(\)"):
@@ -349,6 +356,7 @@ async def test_send_nowait_from_an_anyio_worker_thread_runs_on_the_loop() -> Non
         assert d.pending == 1
         with pytest.raises(BacklogFull):  # raised in the thread, to the caller
             await anyio.to_thread.run_sync(functools.partial(sig.send_nowait, "s", n=2))
+        held.set()
     assert rec.seen == [("s", {"n": 1}, "from-thread")]
     with pytest.raises(DispatcherClosed, match="has shut down"):
         await anyio.to_thread.run_sync(functools.partial(sig.send_nowait, "s", n=3))

@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import BRIDGE_TRANSPORTS, BridgeKit
 from servers import PrivateServer
-from waiting import eventually, until
+from waiting import STEP_TIMEOUT, Child, eventually, until
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, PublishError
@@ -55,50 +54,30 @@ def bridge(kit: BridgeKit, stream: str, *signals: Any, **options: Any) -> Bridge
     return Bridge(kit.make(), stream=stream, signals=list(signals), **{**FAST, **options})
 
 
-class Worker:
-    """A ``tests/bridge_worker.py`` subprocess and the JSON lines it prints."""
+class Worker(Child):
+    """A ``tests/bridge_worker.py`` subprocess; its stdout lines are JSON after ``ready``."""
 
     def __init__(self, kit: BridgeKit, stream: str, mode: str, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), kit.name, kit.url, stream, mode, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            sys.executable,
+            str(WORKER),
+            kit.name,
+            kit.url,
+            stream,
+            mode,
+            *args,
             env={**os.environ, "PYTHONPATH": str(WORKER.parent.parent)},
         )
-        self.lines: list[Any] = []
-        loop = asyncio.get_running_loop()
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self._reader = loop.run_in_executor(None, self._read, loop)
 
-    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.strip() == "ready":
-                loop.call_soon_threadsafe(self.ready.set_result, None)
-            else:
-                self.lines.append(json.loads(line))
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
 
     def numbers(self) -> list[int]:
-        return [line["n"] for line in self.lines if "n" in line]
+        return [line["n"] for line in self.events() if "n" in line]
 
     async def started(self) -> Worker:
-        await asyncio.wait_for(self.ready, 15)
+        await self.expect("the worker starting its bridge", "ready")
         return self
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    async def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 15)
-            except TimeoutError:
-                self.kill()
-        await self._reader
 
 
 @pytest.fixture
@@ -106,7 +85,7 @@ async def workers() -> AsyncIterator[list[Worker]]:
     started: list[Worker] = []
     yield started
     for w in started:
-        await w.close()
+        await w.stop()
 
 
 async def test_broadcast_to_three_processes_loses_and_doubles_nothing(
@@ -117,12 +96,17 @@ async def test_broadcast_to_three_processes_loses_and_doubles_nothing(
     job = AsyncSignal(name="job")
     async with bridge(kit, stream, job, mode="publish"):
         await asyncio.gather(*(job.send("api", n=n) for n in range(300)))
-        await eventually(lambda: all(len(w.numbers()) >= 300 for w in workers), timeout=15)
+        await eventually(
+            lambda: all(len(w.numbers()) >= 300 for w in workers),
+            STEP_TIMEOUT,
+            step="each of 3 workers handling the 300 events",
+            children=workers,
+        )
         await asyncio.sleep(0.3)
     for w in workers:
-        await w.close()
+        await w.stop()
         assert sorted(w.numbers()) == list(range(300))  # every event, once, in each process
-        assert {line["sender"] for line in w.lines if "n" in line} == {"api"}
+        assert {line["sender"] for line in w.events() if "n" in line} == {"api"}
 
 
 async def test_shared_group_of_three_processes_runs_each_event_once(
@@ -135,7 +119,12 @@ async def test_shared_group_of_three_processes_runs_each_event_once(
     job = AsyncSignal(name="job")
     async with bridge(kit, stream, job, mode="publish"):
         await asyncio.gather(*(job.send(None, n=n) for n in range(300)))
-        await eventually(lambda: sum(len(w.numbers()) for w in workers) >= 300, timeout=20)
+        await eventually(
+            lambda: sum(len(w.numbers()) for w in workers) >= 300,
+            STEP_TIMEOUT,
+            step="the group of 3 workers handling the 300 events",
+            children=workers,
+        )
         await asyncio.sleep(0.5)
     handled = [n for w in workers for n in w.numbers()]
     assert sorted(handled) == list(range(300))  # none lost, none run twice
@@ -156,7 +145,7 @@ async def test_sigkilled_worker_loses_no_event(
         await job.send(None, n=5, hang=True)  # the doomed worker is mid-event when killed
         for n in range(6, 30):
             await job.send(None, n=n)
-        await eventually(lambda: {"hanging": 5} in doomed.lines)
+        await doomed.expect("the doomed worker inside event 5", '{"hanging": 5}')
         doomed.kill()  # SIGKILL: no stop, no acknowledgement, no hand-back
         survivors = [
             Worker(kit, stream, "shared", "--group", "svc", "--work", "0.002") for _ in range(2)
@@ -165,7 +154,10 @@ async def test_sigkilled_worker_loses_no_event(
         await asyncio.gather(*(w.started() for w in survivors))
         everyone = [doomed, *survivors]
         await eventually(
-            lambda: set(n for w in everyone for n in w.numbers()) >= set(range(30)), timeout=15
+            lambda: set(n for w in everyone for n in w.numbers()) >= set(range(30)),
+            STEP_TIMEOUT,
+            step="the survivors handling every event, the killed one's included",
+            children=everyone,
         )
     handled = [n for w in everyone for n in w.numbers()]
     assert set(handled) == set(range(30))  # 0 lost
@@ -174,7 +166,7 @@ async def test_sigkilled_worker_loses_no_event(
     async def settled() -> bool:
         return await kit.pending(stream, "svc") == 0
 
-    await until(settled)
+    await until(settled, step="no pending entry left in the group", children=everyone)
 
 
 async def test_sigterm_during_a_slow_event_stops_after_that_event(
@@ -190,13 +182,18 @@ async def test_sigterm_during_a_slow_event_stops_after_that_event(
             await job.send(None, n=n)
         await asyncio.sleep(0.3)  # the worker is inside event 0
         t0 = time.monotonic()
-        slow.proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.to_thread(slow.proc.wait), 10)
+        slow.signal(signal.SIGTERM)
+        await slow.exited("the worker stopping on SIGTERM")
         took = time.monotonic() - t0
         fresh = Worker(kit, stream, "shared", "--group", "svc")
         workers.append(fresh)
         await fresh.started()
-        await eventually(lambda: sorted(fresh.numbers()) == [1, 2, 3, 4], timeout=5)
+        await eventually(
+            lambda: sorted(fresh.numbers()) == [1, 2, 3, 4],
+            STEP_TIMEOUT,
+            step="a fresh worker handling the 4 events the stopped one left",
+            children=[slow, fresh],
+        )
     assert slow.numbers() == [0]
     assert took < 2.0, f"SIGTERM during a 1 s event took {took:.1f} s"
 

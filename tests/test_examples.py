@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from waiting import run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -22,12 +22,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def test_example_that_needs_redis_runs_to_its_success_line(
     redis_url: str, example: str, last_line: str
 ) -> None:
-    run = subprocess.run(
-        [sys.executable, str(EXAMPLES / example)],
+    done = run(
+        sys.executable,
+        str(EXAMPLES / example),
+        step=f"examples/{example}",
         env={**os.environ, "ASIGNALS_REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.strip().splitlines()[-1] == last_line
+    assert done.stdout.strip().splitlines()[-1] == last_line, done.stdout + done.stderr

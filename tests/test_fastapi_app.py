@@ -6,9 +6,7 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +15,7 @@ import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
+from waiting import Child
 
 from asignals import AsyncSignal
 from asignals.contrib.asgi import SignalsMiddleware, lifespan
@@ -114,35 +113,19 @@ async def test_plain_lifespan_helper_and_middleware_on_a_fastapi_app() -> None:
     assert done == ["index"]
 
 
-def _wait_until_up(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"uvicorn exited early with {proc.returncode}")
-        try:
-            httpx.get(base_url + "/stats", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError("uvicorn did not start in time")
-
-
-def _start_uvicorn(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start_uvicorn(port: int, env: dict[str, str]) -> Child:
     """The command the README gives, on a free loopback port."""
     command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    return Child(*command, "--host", "127.0.0.1", "--port", str(port), cwd=ROOT, env=env)
 
 
 async def test_uvicorn_sigterm_delivers_every_queued_email(tmp_path: Path, free_port: int) -> None:
     outbox = tmp_path / "outbox.jsonl"
     env = {**os.environ, "ORDERS_OUTBOX": str(outbox), "ORDERS_EMAIL_DELAY": "1.0"}
     base_url = f"http://127.0.0.1:{free_port}"
-    proc = _start_uvicorn(free_port, env)
+    server = _start_uvicorn(free_port, env)
     try:
-        await anyio.to_thread.run_sync(_wait_until_up, base_url, proc)
+        await server.serving(base_url + "/stats", "uvicorn starting the example app")
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
             responses: list[httpx.Response] = []
 
@@ -157,15 +140,12 @@ async def test_uvicorn_sigterm_delivers_every_queued_email(tmp_path: Path, free_
             stats = (await client.get("/stats")).json()
             assert stats["by_route"]["POST /orders"] == 20
         assert len(read_outbox(outbox)) < 20  # emails still in flight when SIGTERM arrives
-        proc.send_signal(signal.SIGTERM)
-        output, _ = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=20))
+        server.signal(signal.SIGTERM)
+        code = await server.exited("the graceful shutdown after SIGTERM")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    log = output.decode(errors="replace")
+        server.kill()
     # Recent uvicorn re-raises the signal after its graceful shutdown: -SIGTERM is a clean exit.
-    assert proc.returncode in (0, -signal.SIGTERM), log
-    assert "Application shutdown complete" in log
+    assert code in (0, -signal.SIGTERM), str(server)
+    assert "Application shutdown complete" in server.stderr(), str(server)
     emails = read_outbox(outbox)
     assert sorted(e["to"] for e in emails) == sorted(f"buyer{n}@example.com" for n in range(20))

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import select
-import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -26,9 +22,11 @@ from typing import Any
 import pytest
 from outbox_worker import Shop, create_tables, make, order_placed
 from redis.asyncio import Redis
+from servers import RedisServer
 from sqlalchemy import func, text
 from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from waiting import STEP_TIMEOUT, Child
 
 from asignals import AsyncSignal
 from asignals.bridge import Bridge, Deduplicator, RedisStreams
@@ -44,58 +42,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class Child:
-    """A worker process, read line by line, stopped by its pid."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        self.lines: list[str] = []
-        self._seen = 0  # lines already matched by expect()
-        self._partial = b""
-
-    def _read(self, timeout: float) -> bool:
-        """Read what the child wrote within ``timeout``; False once its output ended."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            return True
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return False
-        *complete, self._partial = (self._partial + chunk).split(b"\n")
-        self.lines += [line.decode().strip() for line in complete]
-        return True
-
-    def expect(self, prefix: str, timeout: float = 20.0) -> str:
-        """Wait for a new line starting with ``prefix``; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for index in range(self._seen, len(self.lines)):
-                if self.lines[index].startswith(prefix):
-                    self._seen = index + 1
-                    return self.lines[index]
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._read(min(left, 0.5)):
-                raise AssertionError(f"no {prefix!r} from the worker; it said {self.lines}")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        """Close stdin (the worker's cue to finish), wait for it; kill it if it does not end."""
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        while self._read(0.1):
-            pass
+def worker(*args: str) -> Child:
+    return Child(sys.executable, WORKER, *args)
 
 
 @pytest.fixture
@@ -103,8 +51,7 @@ def children() -> Iterator[list[Child]]:
     started: list[Child] = []
     yield started
     for child in started:
-        if child.proc.poll() is None:
-            child.kill()
+        child.kill()
 
 
 @dataclass
@@ -134,7 +81,14 @@ async def events(redis_url: str, stream: str) -> list[dict[str, Any]]:
     return [json.loads(next(iter(fields.values()))) for _id, fields in entries]
 
 
-async def wait_events(redis_url: str, stream: str, count: int, timeout: float = 20.0) -> Any:
+async def wait_events(
+    redis_url: str,
+    stream: str,
+    count: int,
+    timeout: float = STEP_TIMEOUT,
+    children: Sequence[Child] = (),
+) -> Any:
+    """The events on ``stream`` once there are ``count``; the failure shows the relays."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -144,7 +98,8 @@ async def wait_events(redis_url: str, stream: str, count: int, timeout: float = 
         if len(found) >= count:
             return found
         if time.monotonic() > deadline:
-            raise AssertionError(f"{len(found)} of {count} events reached {stream!r}")
+            step = f"{count} events reaching {stream!r} (only {len(found)} did)"
+            raise AssertionError("\n".join([step, *map(str, children)]))
         await asyncio.sleep(0.05)
 
 
@@ -208,19 +163,20 @@ async def pg_setup(postgres_dsn: str, redis_url: str) -> AsyncIterator[Setup]:
 async def test_committed_events_survive_a_kill_and_uncommitted_ones_never_go(
     setup: Setup, children: list[Child]
 ) -> None:
-    writer = Child(*setup.args("write", "commit:2,rollback:2,commit:1,hang:3"))
+    writer = worker(*setup.args("write", "commit:2,rollback:2,commit:1,hang:3"))
     children.append(writer)
-    writer.expect("hanging")  # two COMMITs done, one transaction open, no relay anywhere
+    # Two COMMITs done, one transaction open, no relay anywhere.
+    await writer.expect("the writer inside its open transaction", "hanging")
     committed = [int(line.split()[1]) for line in writer.lines if line.startswith("committed")]
     writer.kill()  # SIGKILL: after the COMMITs, before any relay ran, and mid-transaction
     assert len(committed) == 2
     assert await setup.rows() == 5  # 2 orders + 3 order_placed, all committed
-    relay = Child(*setup.args("relay"))
+    relay = worker(*setup.args("relay"))
     children.append(relay)
-    relay.expect("relaying")
-    found = await wait_events(setup.redis_url, setup.stream, 5)
+    await relay.expect("the relay starting", "relaying")
+    found = await wait_events(setup.redis_url, setup.stream, 5, children=[relay])
     await asyncio.sleep(0.5)  # anything else would have arrived by now
-    relay.stop()
+    await relay.stop()
     found = await events(setup.redis_url, setup.stream)
     saved = [e["kwargs"]["instance"]["v"]["id"] for e in found if e["signal"] == "post_save"]
     placed = [e["kwargs"]["order_id"] for e in found if e["signal"] == "order_placed"]
@@ -239,30 +195,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"redis-server did not start on port {port}")
+def _start_redis(port: int, directory: Path) -> RedisServer:
+    """An empty Redis on ``port`` (each start gets a directory of its own: nothing survives)."""
+    directory.mkdir()
+    server = RedisServer(port, directory)
+    server.start()
+    return server
 
 
 async def _place(s: Setup, maker: Any, customer: str) -> None:
@@ -274,10 +212,12 @@ async def _place(s: Setup, maker: Any, customer: str) -> None:
         await session.commit()
 
 
-async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: str) -> None:
+async def test_a_broker_outage_holds_rows_and_the_relay_resumes(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    server = _start_redis(port)
+    server = _start_redis(port, tmp_path / "before")
     s = await make_setup(postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1), url)
     s.shop = make(url, s.stream, s.prefix, publish_timeout=0.5, reconnect_backoff=(0.02, 0.2))
     maker = async_sessionmaker(s.engine, expire_on_commit=False)
@@ -286,14 +226,13 @@ async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: st
         async with s.shop.bridge, s.shop.outbox.relay(s.engine, backoff=(0.05, 0.3)):
             await _place(s, maker, "before")
             await wait_events(url, s.stream, 2)
-            os.kill(server.pid, signal.SIGKILL)
-            server.wait(10)
+            server.kill()
             for i in range(3):
                 await _place(s, maker, f"during{i}")
             await asyncio.sleep(1.0)  # the relay keeps failing to publish them
             assert await s.rows() == 6  # held in the table, committed
-            server = _start_redis(port)  # an empty server: the first events went with the old
-            found = await wait_events(url, s.stream, 6, timeout=30)
+            server = _start_redis(port, tmp_path / "after")  # empty: the first events are gone
+            found = await wait_events(url, s.stream, 6)
             await wait_empty(s)
         assert await s.rows() == 0
         customers = [
@@ -304,7 +243,6 @@ async def test_a_broker_outage_holds_rows_and_the_relay_resumes(postgres_dsn: st
         uninstall(maker)
         await tear_down(s)
         server.kill()
-        server.wait(10)
 
 
 # -- two relays on one table -------------------------------------------------------------------
@@ -314,18 +252,18 @@ async def test_two_relays_never_publish_the_same_row(
     pg_setup: Setup, children: list[Child]
 ) -> None:
     s = pg_setup
-    relays = [Child(*s.args("relay", "25")) for _ in range(2)]
+    relays = [worker(*s.args("relay", "25")) for _ in range(2)]
     children.extend(relays)
     for relay in relays:
-        relay.expect("relaying")
-    writer = Child(*s.args("write", ",".join(["commit:9"] * 40)))
+        await relay.expect("a relay starting", "relaying")
+    writer = worker(*s.args("write", ",".join(["commit:9"] * 40)))
     children.append(writer)
-    writer.expect("done", timeout=60)
-    found = await wait_events(s.redis_url, s.stream, 400, timeout=60)
+    await writer.expect("the writer committing its 40 transactions", "done")
+    found = await wait_events(s.redis_url, s.stream, 400, children=[*relays, writer])
     await asyncio.sleep(0.5)
     for relay in relays:
-        relay.stop()
-    writer.stop()
+        await relay.stop()
+    await writer.stop()
     found = await events(s.redis_url, s.stream)
     ids = [e["id"] for e in found]
     assert len(ids) == 400 and len(set(ids)) == 400  # every row once: none twice, none lost
@@ -375,23 +313,23 @@ async def test_a_relay_killed_after_publishing_republishes_under_the_same_ids(
     )
     try:
         async with consumer:
-            writer = Child(*s.args("write", "commit:2"))
+            writer = worker(*s.args("write", "commit:2"))
             children.append(writer)
-            writer.expect("done")
-            writer.stop()
-            first = Child(*s.args("relay"))
+            await writer.expect("the writer committing", "done")
+            await writer.stop()
+            first = worker(*s.args("relay"))
             children.append(first)
-            first.expect("relaying")
-            await wait_events(s.redis_url, s.stream, 3)
+            await first.expect("the first relay starting", "relaying")
+            await wait_events(s.redis_url, s.stream, 3, children=[first])
             first.kill()  # published and confirmed, not yet deleted
             async with s.engine.begin() as conn:  # waits for the dead relay's rollback
                 await conn.execute(text(f"DROP TRIGGER {table}_stall ON {table}"))
             assert await s.rows() == 3
-            second = Child(*s.args("relay"))
+            second = worker(*s.args("relay"))
             children.append(second)
-            second.expect("relaying")
-            found = await wait_events(s.redis_url, s.stream, 6)
-            second.stop()
+            await second.expect("the second relay starting", "relaying")
+            found = await wait_events(s.redis_url, s.stream, 6, children=[second])
+            await second.stop()
             await asyncio.sleep(0.5)
         assert [e["id"] for e in found[3:]] == [e["id"] for e in found[:3]]  # same ids again
         assert await s.rows() == 0

@@ -7,9 +7,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from request_bound_app import build, held, request_id, served_app
 from starlette.applications import Starlette
+from waiting import STEP_TIMEOUT, Child, eventually
 
 import asignals
 import asignals.background
@@ -375,7 +374,7 @@ async def test_the_recorder_lists_dropped_sends_of_watched_signals_until_closed(
 # -- under a real uvicorn --------------------------------------------------------------------
 
 
-class Uvicorn:
+class Uvicorn(Child):
     """``uvicorn --factory request_bound_app:served_app`` on a free loopback port."""
 
     def __init__(self, port: int, log: Path, delay: float) -> None:
@@ -383,68 +382,48 @@ class Uvicorn:
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(TESTS), "--factory"]
         command += ["request_bound_app:served_app", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--no-access-log"]
+        super().__init__(*command, env=env)
         self.log = log
         self.base_url = f"http://127.0.0.1:{port}"
-        # A file, not a pipe: the tracebacks of failing requests would fill a pipe and block it.
-        self.output = log.with_suffix(".out")
-        with self.output.open("wb") as output:
-            self.proc = subprocess.Popen(command, env=env, stdout=output, stderr=output)
 
-    def wait_until_up(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"uvicorn exited with {self.proc.returncode}:\n{self.text()}")
-            try:
-                httpx.get(self.base_url + "/default/docs", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("uvicorn did not start in time")
-
-    def lines(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
+        """What the app's held sends wrote to ``HELD_LOG``."""
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
     def deliveries(self) -> list[tuple[str, int, int]]:
-        return sorted((x["where"], x["n"], x["step"]) for x in self.lines() if "step" in x)
-
-    def text(self) -> str:
-        return self.output.read_text(errors="replace")
+        return sorted((x["where"], x["n"], x["step"]) for x in self.records() if "step" in x)
 
     def terminate(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
 
-    def stopped(self) -> None:
+    async def stopped(self) -> None:
         """Wait for the graceful shutdown that SIGTERM started; it must complete."""
-        self.proc.wait(timeout=30)
-        text = self.text()
+        code = await self.exited("uvicorn's graceful shutdown after SIGTERM")
         # Recent uvicorn re-raises the signal after its graceful shutdown: -SIGTERM is clean.
-        assert self.proc.returncode in (0, -signal.SIGTERM), text
-        assert "Application shutdown complete" in text, text
+        assert code in (0, -signal.SIGTERM), str(self)
+        assert "Application shutdown complete" in self.stderr(), str(self)
 
-    def stop(self) -> None:
+    async def shutdown(self) -> None:
         self.terminate()
-        self.stopped()
+        await self.stopped()
 
 
 @pytest.fixture
 def uvicorn(tmp_path: Path, free_port: int) -> Iterator[Any]:
-    """start(delay=0) -> a running Uvicorn whose deliveries wait ``delay`` seconds each."""
+    """await start(delay=0) -> a running Uvicorn whose deliveries wait ``delay`` s each."""
     started: list[Uvicorn] = []
 
-    def start(delay: float = 0.0) -> Uvicorn:
+    async def start(delay: float = 0.0) -> Uvicorn:
         server = Uvicorn(free_port, tmp_path / "held.jsonl", delay)
         started.append(server)
-        server.wait_until_up()
+        await server.serving(server.base_url + "/default/docs", "uvicorn starting the app")
         return server
 
     yield start
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+        server.kill()
 
 
 on_asyncio = pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -455,7 +434,7 @@ KINDS = ["ok", "raise", "sync", "conflict"]  # n % 4: the even ones succeed
 
 @on_asyncio
 async def test_uvicorn_delivers_on_success_and_drops_on_failure(uvicorn: Any) -> None:
-    server = await anyio.to_thread.run_sync(uvicorn)
+    server = await uvicorn()
     async with httpx.AsyncClient(base_url=server.base_url, timeout=20, limits=FRESH) as client:
         for path, status in [
             ("default/ok/1", 200),
@@ -467,20 +446,20 @@ async def test_uvicorn_delivers_on_success_and_drops_on_failure(uvicorn: Any) ->
             ("lenient/error/7", 500),
         ]:
             assert (await client.post(f"/{path}")).status_code == status, path
-    await anyio.to_thread.run_sync(server.stop)
+    await server.shutdown()
     assert server.deliveries() == [
         (where, n, step)
         for where, n in [("conflict", 6), ("ok", 1), ("sync", 5)]
         for step in (1, 2)
     ]
-    assert {x["request_id"] for x in server.lines()} == {"ok-1", "sync-5", "conflict-6"}
+    assert {x["request_id"] for x in server.records()} == {"ok-1", "sync-5", "conflict-6"}
 
 
 @on_asyncio
 async def test_uvicorn_200_concurrent_requests_half_failing_deliver_the_successful_half(
     uvicorn: Any,
 ) -> None:
-    server = await anyio.to_thread.run_sync(uvicorn)
+    server = await uvicorn()
     statuses: dict[int, int] = {}
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=FRESH) as client:
 
@@ -490,7 +469,7 @@ async def test_uvicorn_200_concurrent_requests_half_failing_deliver_the_successf
         async with anyio.create_task_group() as tg:
             for n in range(200):
                 tg.start_soon(request, n)
-    await anyio.to_thread.run_sync(server.stop)
+    await server.shutdown()
     succeeded = sorted(n for n, status in statuses.items() if status == 200)
     assert succeeded == list(range(0, 200, 2))
     assert server.deliveries() == sorted((KINDS[n % 4], n, s) for n in succeeded for s in (1, 2))
@@ -500,7 +479,7 @@ async def test_uvicorn_200_concurrent_requests_half_failing_deliver_the_successf
 async def test_uvicorn_sigterm_delivers_every_held_and_queued_send_of_every_success(
     uvicorn: Any,
 ) -> None:
-    server = await anyio.to_thread.run_sync(uvicorn, 1.0)  # each delivery takes 1 s
+    server = await uvicorn(1.0)  # each delivery takes 1 s
     statuses: dict[tuple[str, int], int] = {}
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30, limits=FRESH) as client:
 
@@ -516,11 +495,14 @@ async def test_uvicorn_sigterm_delivers_every_held_and_queued_send_of_every_succ
         async with anyio.create_task_group() as tg:
             for n in range(10, 16):
                 tg.start_soon(post, "slow", n, "?seconds=1.5")
-            with anyio.fail_after(20):
-                while sum("arrived" in x for x in server.lines()) < 6:  # noqa: ASYNC110 - a file
-                    await anyio.sleep(0.02)
+            await eventually(
+                lambda: sum("arrived" in x for x in server.records()) >= 6,
+                STEP_TIMEOUT,
+                step="the 6 slow requests arriving in the app",
+                children=[server],
+            )
             server.terminate()
-    await anyio.to_thread.run_sync(server.stopped)
+    await server.stopped()
     succeeded = sorted(key for key, status in statuses.items() if status == 200)
     assert sorted(n for _, n in succeeded) == [0, 2, 4, 6, 8, *range(10, 16)]
     assert server.deliveries() == sorted((kind, n, s) for kind, n in succeeded for s in (1, 2))

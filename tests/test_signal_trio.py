@@ -425,31 +425,26 @@ async def test_context_variables_around_a_suspension_in_a_scope() -> None:
 async def test_results_stay_in_connection_order_whatever_finishes_first() -> None:
     sig = AsyncSignal()
     finished: list[int] = []
-    # Each suspending receiver waits for the one that must finish before it, so they finish in
-    # the order 3, 5, 1 whatever the load (timers that expire in one batch run in any order).
-    done = {i: trio.Event() for i in (1, 3, 5)}
-    after = {1: 5, 5: 3}
+    # 3, 5 and 1 finish in that order, each letting the next one go (the reverse of their
+    # connection order, whatever the machine's load; timers would race once it stalls).
+    go = {i: trio.Event() for i in (3, 5, 1)}
+    then = {3: 5, 5: 1}
 
-    def make(i: int, suspends: bool, scoped: bool) -> Any:
+    def make(i: int, waits: bool, scoped: bool) -> Any:
         async def r(sender: Any, **kw: Any) -> int:
-            if not suspends:
+            if not waits:
                 return i
             if scoped:
                 with trio.move_on_after(60):
-                    await wait_turn(i)
+                    await go[i].wait()
             else:
-                await wait_turn(i)
+                await go[i].wait()
             finished.append(i)
-            done[i].set()
+            if i in then:
+                go[then[i]].set()
             return i
 
         return r
-
-    async def wait_turn(i: int) -> None:
-        if i in after:
-            await done[after[i]].wait()
-        else:
-            await trio.sleep(0)
 
     def sync(sender: Any, **kw: Any) -> str:
         return "sync"
@@ -463,7 +458,8 @@ async def test_results_stay_in_connection_order_whatever_finishes_first() -> Non
         make(5, True, True),
     ]
     connect_all(sig, *receivers)
-    with trio.fail_after(5):
+    go[3].set()
+    with trio.fail_after(30):  # receivers run one after the other would never finish
         results = await sig.send(None)
     assert [r for _, r in results] == [0, 1, "sync", 3, 4, 5]
     assert [fn for fn, _ in results] == receivers

@@ -64,6 +64,19 @@ async def _quietly(call: Awaitable[None], what: str) -> None:
         logger.warning("%s failed: %r", what, exc)
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it ended.
+
+    A Redis client can swallow a cancel that lands mid-command (redis-py returns as if the
+    command completed), which would leave the reader waiting out a poll, or the claim renewals
+    running forever; so cancel until it takes.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    await asyncio.gather(task, return_exceptions=True)
+
+
 class Receiver:
     """Reads ``stream`` for one bridge and re-sends each event to the local receivers."""
 
@@ -147,16 +160,10 @@ class Receiver:
         if reader is not None:
             if not self._waiting:
                 await asyncio.wait({reader}, timeout=self._stop_timeout)
-            while not reader.done():
-                # A client can swallow a cancel that lands before its command starts, which
-                # would leave us waiting out a whole poll; cancel until it takes.
-                reader.cancel()
-                await asyncio.wait({reader}, timeout=0.05)
-            await asyncio.gather(reader, return_exceptions=True)
+            await _cancel(reader)
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await _cancel(heartbeat)
         # Cut off by stop_timeout: they ran partly, so they count as an attempt, and the group
         # gets them now rather than after claim_idle.
         for delivery in list(self._running):
