@@ -483,24 +483,27 @@ async def test_connected_to_and_muted() -> None:
 # -- the instrumentation entry ----------------------------------------------------------------
 
 
-async def test_prepare_and_run_do_what_a_send_does() -> None:
-    # contrib.opentelemetry runs receivers itself through these two private entries.
-    from asignals import _dispatch
-    from asignals._signal import _prepare
+async def test_the_row_hook_rewrites_the_rows_a_cache_is_filled_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # contrib.opentelemetry puts its timers in front of the receivers through this private hook.
+    from asignals import _signal
+
+    fills: list[AsyncSignal] = []
+
+    def shout(**kwargs: Any) -> str:
+        return "from the hook"
+
+    def hook(signal: AsyncSignal, rows: tuple[Any, ...]) -> tuple[Any, ...]:
+        fills.append(signal)
+        return tuple((lambda: shout, mode, entry) for _, mode, entry in rows)
 
     sig = AsyncSignal(name="orders")
     sig.connect(sync_receiver)
-    sig.connect(async_receiver)
-    named: dict[str, Any] = {"n": 1}
-    prepared = _prepare(sig, "send", (Sender,), named)
-    assert prepared is not None
-    sender, rows, options = prepared
-    assert sender is Sender and options is None and named["signal"] is sig
-    results = await _dispatch.run(sig, rows, 0, [], named, False)
-    assert results == await sig.send(Sender, n=1)
-    assert _prepare(AsyncSignal(), "send", (None,), {}) is None
-    with pytest.raises(TypeError, match="needs a sender"):
-        _prepare(sig, "send", (), {})
+    monkeypatch.setattr(_signal, "_row_hook", hook)
+    assert await sig.send(Sender, n=1) == [(shout, "from the hook")]
+    assert await sig.send(Sender, n=2) == [(shout, "from the hook")]
+    assert fills == [sig]  # once per cache fill, never per send
 
 
 def test_the_senders_are_documented_methods_of_the_class() -> None:
