@@ -129,6 +129,28 @@ class Timing:
         """Run the receiver with ``named``, timing it."""
         raise NotImplementedError
 
+    async def _awaited(self, awaitable: Awaitable[Any] | None, named: dict[str, Any]) -> Any:
+        """Await ``awaitable`` in the send's context, timing it to its end; given None, call the
+        (async) receiver first, timing it from its start."""
+        token = _enter(self.context)
+        try:
+            if awaitable is None:
+                self.start = time_ns()
+                running: Awaitable[Any] = self.fn(**named)
+            else:
+                running = awaitable
+            return await running
+        except Exception as exc:
+            self.error = exc
+            raise
+        except BaseException:
+            self.cancelled = True
+            raise
+        finally:
+            self.end = time_ns()
+            if token is not None:
+                otel_context.detach(token)
+
 
 class Sync(Timing):
     """A sync receiver (inline or in a thread); an awaitable it returns is timed to its end."""
@@ -148,24 +170,9 @@ class Sync(Timing):
             self.end = time_ns()
             raise
         if value is not None and hasattr(type(value), "__await__"):  # pyright: ignore[reportUnknownArgumentType] - type() of an Any
-            return self._finish(value)
+            return self._awaited(value, named)
         self.end = time_ns()
         return value
-
-    async def _finish(self, awaitable: Awaitable[Any]) -> Any:
-        token = _enter(self.context)
-        try:
-            return await awaitable
-        except Exception as exc:
-            self.error = exc
-            raise
-        except BaseException:
-            self.cancelled = True
-            raise
-        finally:
-            self.end = time_ns()
-            if token is not None:
-                otel_context.detach(token)
 
 
 class Async(Timing):
@@ -174,20 +181,4 @@ class Async(Timing):
     __slots__ = ()
 
     def __call__(self, **named: Any) -> Coroutine[Any, Any, Any]:
-        return self._run(named)
-
-    async def _run(self, named: dict[str, Any]) -> Any:
-        token = _enter(self.context)
-        self.start = time_ns()
-        try:
-            return await self.fn(**named)
-        except Exception as exc:
-            self.error = exc
-            raise
-        except BaseException:
-            self.cancelled = True
-            raise
-        finally:
-            self.end = time_ns()
-            if token is not None:
-                otel_context.detach(token)
+        return self._awaited(None, named)
